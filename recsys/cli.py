@@ -7,6 +7,7 @@ TensorFlow.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -29,8 +30,9 @@ HomeOption = Annotated[
 ]
 
 
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, exit code 2."""
+@app.callback()
+def main() -> None:
+    """Feature-store-backed, SQL-native recommender that follows changing interests."""
 
 
 def fail(message: str) -> typer.Exit:
@@ -68,6 +70,109 @@ def ingest(
     except IngestError as exc:
         raise fail(str(exc)) from None
     console.print(report.summary())
+
+
+@app.command()
+def build(
+    as_of: Annotated[
+        datetime | None,
+        typer.Option(
+            "--as-of",
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"],
+            help="Use only events before this UTC time (default: just after the last event).",
+        ),
+    ] = None,
+    no_export: Annotated[
+        bool, typer.Option("--no-export", help="Build the marts only, skip the Feast files.")
+    ] = False,
+    home: HomeOption = None,
+) -> None:
+    """Build the SQL marts as of a time and export the Feast feature files."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from recsys.build import BuildError
+    from recsys.build import build as build_features
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task("building marts", total=None)
+        try:
+            report = build_features(
+                resolve_home(home),
+                as_of=as_of,
+                export=not no_export,
+                step=lambda label: progress.update(task, description=f"built {label}"),
+            )
+        except BuildError as exc:
+            raise fail(str(exc)) from None
+    console.print(report.summary())
+
+
+features_app = typer.Typer(
+    help="The Feast feature store of a home: apply, materialize, read online features.",
+    no_args_is_help=True,
+)
+app.add_typer(features_app, name="features")
+
+RedisOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-url",
+        help="Serve from Redis (redis://host:port/db) instead of the home's SQLite store.",
+    ),
+]
+
+
+def _online_store(redis_url: str | None):
+    from recsys.features import OnlineStoreSettings
+
+    return OnlineStoreSettings.redis(redis_url) if redis_url else OnlineStoreSettings()
+
+
+@features_app.command("apply")
+def features_apply(home: HomeOption = None, redis_url: RedisOption = None) -> None:
+    """Register the feature repo's definitions for this home (registry in HOME/feast)."""
+    from recsys.features import FeatureStoreError, apply
+
+    try:
+        names = apply(resolve_home(home), online=_online_store(redis_url))
+    except FeatureStoreError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"applied {len(names)} feature objects")
+
+
+@features_app.command("materialize")
+def features_materialize(home: HomeOption = None, redis_url: RedisOption = None) -> None:
+    """Load the latest exported features into the online store (the data's own time range)."""
+    from recsys.features import FeatureStoreError, materialize
+
+    try:
+        report = materialize(resolve_home(home), online=_online_store(redis_url))
+    except FeatureStoreError as exc:
+        raise fail(str(exc)) from None
+    console.print(report.summary())
+
+
+@features_app.command("online")
+def features_online(
+    user: Annotated[int, typer.Option("--user", help="The user_id to look up.")],
+    service: Annotated[str, typer.Option(help="Feature service to read.")] = "user_profile_v1",
+    home: HomeOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Print a user's online features as JSON."""
+    import json
+
+    from recsys.features import FeatureStoreError, online_features
+
+    try:
+        row = online_features(
+            resolve_home(home), user, service=service, online=_online_store(redis_url)
+        )
+    except FeatureStoreError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(json.dumps(row, indent=2, default=str))
 
 
 if __name__ == "__main__":

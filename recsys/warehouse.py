@@ -5,6 +5,7 @@ Base tables (written by ``recsys ingest``):
 - ``events``: one row per accepted behaviour event, canonical schema plus lineage
   (``source_file``, ``source_line``, ``ingested_at``). Natural key:
   (user_id, item_id, behavior, event_time); re-ingesting a row with that key adds nothing.
+  ``event_key`` is DuckDB's ``hash()`` of that key, kept to find duplicates cheaply.
 - ``quarantine_events``: one row per rejected source row (source_file, line, raw text, reason).
 - ``ingested_files``: one row per ingest call, with its counts.
 
@@ -30,7 +31,8 @@ create table if not exists events (
     session_id varchar,
     source_file varchar not null,
     source_line bigint,
-    ingested_at timestamp not null
+    ingested_at timestamp not null,
+    event_key ubigint not null
 );
 create table if not exists quarantine_events (
     source_file varchar not null,
