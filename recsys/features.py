@@ -1,0 +1,399 @@
+"""The feature store of a recsys home: apply, materialise, and read features through Feast.
+
+One set of definitions serves both entry points. ``cd feature_repo && feast apply`` imports the
+repo's modules for the default home (``../data``); the functions here import the *same* modules
+with ``RECSYS_FEATURES_DIR`` pointing at ``<home>/features`` (absolute) and apply them with a
+``RepoConfig`` whose registry and SQLite online store live in ``<home>/feast``. Both write the
+same registry for the default home, and ``materialize`` re-applies first, so the registry never
+points at another home's files.
+
+Time semantics: an export row stamped T holds features computed from events strictly before T.
+Feast joins the latest row with ``event_timestamp <= label time``, so a label at time L sees a
+row stamped exactly L (events < L) but never a later one: every joined value is known strictly
+before the label time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import duckdb
+import feast
+import pandas as pd
+from feast import FeatureStore, RepoConfig
+from feast.feature_view import FeatureView
+
+from recsys.config import Paths
+
+# Feast installs its own warning filters on import; ours must come after it.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(ibis|duckdb|feast)")
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"(ibis|feast)")
+warnings.filterwarnings("ignore", message=r".*ibis.*", category=DeprecationWarning)
+
+PROJECT = "recsys"
+REPO_DIR = Path(__file__).resolve().parent.parent / "feature_repo"
+REPO_MODULES = ("entities", "data_sources", "features", "feature_services")
+FEATURES_DIR_ENV = "RECSYS_FEATURES_DIR"
+PROFILE_SERVICE = "user_profile_v1"
+# Views whose Parquet the models write later; materialised only once their file exists.
+OPTIONAL_VIEW_FILES = {"user_embedding": "user_embeddings", "item_embedding": "item_embeddings"}
+
+
+class FeatureStoreError(Exception):
+    """A feature-store operation cannot proceed; the message says what to run."""
+
+
+class NotMaterialized(FeatureStoreError):
+    """The online store has not been filled for this home yet."""
+
+
+class UnknownUser(FeatureStoreError):
+    """The online store has no features for this user."""
+
+
+class MaterializationError(FeatureStoreError):
+    """Materialisation wrote nothing, or not what the exports hold."""
+
+
+@dataclass(frozen=True)
+class OnlineStoreSettings:
+    """Which online store serves a home: SQLite in ``<home>/feast`` (default) or Redis.
+
+    ``redis_url`` is a ``redis://host:port/db`` URL (as in ``$REDIS_URL``).
+    """
+
+    kind: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str | None = None
+
+    @classmethod
+    def redis(cls, url: str) -> OnlineStoreSettings:
+        return cls(kind="redis", redis_url=url)
+
+    def to_feast(self, paths: Paths) -> dict[str, Any]:
+        if self.kind == "sqlite":
+            return {"type": "sqlite", "path": str(paths.feast / "online_store.db")}
+        if not self.redis_url:
+            raise FeatureStoreError(
+                "the redis online store needs a redis_url (redis://host:port/db)"
+            )
+        url = urlparse(self.redis_url)
+        db = (url.path or "/0").lstrip("/") or "0"
+        return {
+            "type": "redis",
+            "connection_string": f"{url.hostname or 'localhost'}:{url.port or 6379},db={db}",
+            # Several events of one user can share a second; with Feast's timestamp dedup the
+            # later push of the same second would be dropped. The updater always writes the
+            # user's complete current row, so last-write-wins is the right rule.
+            "skip_dedup": True,
+        }
+
+
+SQLITE = OnlineStoreSettings()
+
+
+@dataclass(frozen=True)
+class MaterializationReport:
+    """What one ``materialize`` call wrote: rows (entities) per view and the time taken."""
+
+    start: datetime
+    end: datetime
+    rows: dict[str, int]
+    seconds: float
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+    def summary(self) -> str:
+        views = ", ".join(f"{name}={n}" for name, n in self.rows.items())
+        return (
+            f"materialised {self.total_rows} rows ({views}) for {self.start:%Y-%m-%d %H:%M:%S}"
+            f"..{self.end:%Y-%m-%d %H:%M:%S} in {self.seconds:.1f}s"
+        )
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _repo_modules(features_dir: Path) -> Iterator[list[Any]]:
+    """Import the feature repo's modules afresh, their sources reading ``features_dir``.
+
+    The repo's modules import each other by top-level name (``from entities import user``), as
+    Feast repos do; they are swapped into ``sys.modules`` only for the duration of the import.
+    """
+    with _IMPORT_LOCK:
+        saved_env = os.environ.get(FEATURES_DIR_ENV)
+        saved_modules = {
+            name: sys.modules.pop(name) for name in REPO_MODULES if name in sys.modules
+        }
+        os.environ[FEATURES_DIR_ENV] = str(features_dir.resolve())
+        sys.path.insert(0, str(REPO_DIR))
+        try:
+            yield [importlib.import_module(name) for name in REPO_MODULES]
+        finally:
+            sys.path.remove(str(REPO_DIR))
+            for name in REPO_MODULES:
+                sys.modules.pop(name, None)
+            sys.modules.update(saved_modules)
+            if saved_env is None:
+                os.environ.pop(FEATURES_DIR_ENV, None)
+            else:
+                os.environ[FEATURES_DIR_ENV] = saved_env
+
+
+def load_definitions(features_dir: Path) -> list[Any]:
+    """The repo's Feast objects (entities, sources, views, services) for one exports folder.
+
+    Raises ``FeatureStoreError`` when the exports are missing.
+    """
+    feast_types = (
+        feast.Entity,
+        feast.data_source.DataSource,
+        FeatureView,
+        feast.FeatureService,
+    )
+    try:
+        with _repo_modules(features_dir) as modules:
+            objects: list[Any] = []
+            for module in modules:
+                for value in vars(module).values():
+                    if isinstance(value, feast_types) and not any(value is o for o in objects):
+                        objects.append(value)
+    except FileNotFoundError as exc:
+        raise FeatureStoreError(str(exc)) from None
+    return objects
+
+
+def repo_config(paths: Paths, online: OnlineStoreSettings = SQLITE) -> RepoConfig:
+    """The Feast config of a home: registry in ``<home>/feast``, DuckDB offline store."""
+    return RepoConfig(
+        project=PROJECT,
+        provider="local",
+        registry=str(paths.feast / "registry.db"),
+        online_store=online.to_feast(paths),
+        offline_store={"type": "duckdb"},
+        repo_path=paths.feast,
+        entity_key_serialization_version=3,
+    )
+
+
+def feature_store(paths: Paths, online: OnlineStoreSettings = SQLITE) -> FeatureStore:
+    """An open ``FeatureStore`` for a home (reuse it: building one reads the registry)."""
+    paths.feast.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=repo_config(paths, online))
+
+
+def apply(paths: Paths, *, online: OnlineStoreSettings = SQLITE) -> list[str]:
+    """Register the repo's definitions for this home; returns the applied objects' names."""
+    objects = load_definitions(paths.features)
+    store = feature_store(paths, online)
+    with _quiet():
+        store.apply(objects)
+    return sorted(obj.name for obj in objects)
+
+
+def export_time_range(paths: Paths) -> tuple[datetime, datetime]:
+    """Min and max ``event_timestamp`` over the exports (naive UTC)."""
+    files = [str(p) for p in sorted(paths.features.glob("*.parquet"))]
+    if not files:
+        raise FeatureStoreError(
+            f"no feature exports in {paths.features}: run `make demo` or `recsys build` first"
+        )
+    con = duckdb.connect()
+    low, high = con.execute(
+        "select min(event_timestamp), max(event_timestamp) "
+        "from read_parquet(?, union_by_name = true)",
+        [files],
+    ).fetchone()
+    if low is None:
+        raise MaterializationError(f"the exports in {paths.features} hold no rows")
+    return low, high
+
+
+def _entities_in_range(view: FeatureView, path: Path, start: datetime, end: datetime) -> int:
+    keys = ", ".join(c.name for c in view.entity_columns)
+    (count,) = (
+        duckdb.connect()
+        .execute(
+            f"select count(*) from (select distinct {keys} from read_parquet(?) "
+            "where event_timestamp between ? and ?)",
+            [str(path), start, end],
+        )
+        .fetchone()
+    )
+    return int(count)
+
+
+def _source_path(view: FeatureView) -> Path:
+    return Path(view.batch_source.path)
+
+
+def materialize(paths: Paths, *, online: OnlineStoreSettings = SQLITE) -> MaterializationReport:
+    """Load the latest export row of every entity into the online store.
+
+    The window is the data's own time range (min..max ``event_timestamp`` of the exports), not
+    the wall clock: historical logs (Taobao is from 2017) would otherwise load nothing. Raises
+    ``MaterializationError`` when the window holds no rows or the online store stays empty.
+    """
+    apply(paths, online=online)
+    store = feature_store(paths, online)
+    start, end = export_time_range(paths)
+    views = [
+        view for view in store.list_feature_views() if view.online and _source_path(view).exists()
+    ]
+    rows = {view.name: _entities_in_range(view, _source_path(view), start, end) for view in views}
+    if not any(rows.values()):
+        raise MaterializationError(
+            f"0 rows to materialise between {start} and {end} in {paths.features}"
+        )
+    began = time.perf_counter()
+    with _quiet():
+        store.materialize(
+            start_date=start.replace(tzinfo=UTC),
+            end_date=end.replace(tzinfo=UTC),
+            feature_views=[view.name for view in views if rows[view.name]],
+        )
+    seconds = time.perf_counter() - began
+    _check_materialized(store, views, rows)
+    return MaterializationReport(start=start, end=end, rows=rows, seconds=seconds)
+
+
+def _check_materialized(store: FeatureStore, views: Sequence[FeatureView], rows: dict) -> None:
+    """Read one entity of every materialised view back; fail loudly if it is not there."""
+    for view in views:
+        if not rows[view.name]:
+            continue
+        keys = [c.name for c in view.entity_columns]
+        sample = (
+            duckdb.connect()
+            .execute(
+                f"select {', '.join(keys)} from read_parquet(?) order by event_timestamp desc "
+                "limit 1",
+                [str(_source_path(view))],
+            )
+            .fetchdf()
+            .to_dict("records")
+        )
+        feature = view.features[0].name
+        got = store.get_online_features(
+            features=[f"{view.name}:{feature}"], entity_rows=sample
+        ).to_dict()
+        if got[feature][0] is None:
+            raise MaterializationError(
+                f"materialisation reported success but {view.name} has no online row for "
+                f"{sample[0]}"
+            )
+
+
+def _is_materialized(store: FeatureStore, service: feast.FeatureService) -> bool:
+    names = {projection.name for projection in service.feature_view_projections}
+    return any(
+        view.materialization_intervals for view in store.list_feature_views() if view.name in names
+    )
+
+
+def online_features(
+    paths: Paths,
+    user_id: int,
+    *,
+    service: str = PROFILE_SERVICE,
+    online: OnlineStoreSettings = SQLITE,
+    store: FeatureStore | None = None,
+) -> dict[str, Any]:
+    """The user's current features from the online store, as ``{"<view>__<feature>": value}``.
+
+    Raises ``NotMaterialized`` before the first materialisation, ``UnknownUser`` when the store
+    holds nothing for the user.
+    """
+    store = store or feature_store(paths, online)
+    try:
+        feature_service = store.get_feature_service(service)
+    except feast.errors.FeatureServiceNotFoundException:
+        raise NotMaterialized(
+            f"no feature service {service!r} in {paths.feast}: run `recsys features apply` "
+            "and `recsys features materialize` first"
+        ) from None
+    values = store.get_online_features(
+        features=feature_service,
+        entity_rows=[{"user_id": int(user_id)}],
+        full_feature_names=True,
+    ).to_dict()
+    row = {name: column[0] for name, column in values.items()}
+    if all(value is None for name, value in row.items() if name != "user_id"):
+        if not _is_materialized(store, feature_service):
+            raise NotMaterialized(
+                f"the online store of {paths.home} is empty: run `recsys features materialize`"
+            )
+        raise UnknownUser(f"no online features for user {user_id}")
+    return row
+
+
+def historical_features(
+    paths: Paths,
+    entity_df: pd.DataFrame,
+    feature_service: str,
+    *,
+    store: FeatureStore | None = None,
+) -> pd.DataFrame:
+    """Point-in-time join of a service's features onto ``entity_df`` (same rows, same order).
+
+    ``entity_df`` has the service's join keys (``user_id`` and/or ``item_id``) and an
+    ``event_timestamp`` label time (naive = UTC). Each value comes from the latest export row
+    stamped at or before the label time, i.e. computed from events strictly before it. Columns
+    are named ``<view>__<feature>``.
+    """
+    if "event_timestamp" not in entity_df.columns:
+        raise FeatureStoreError("entity_df needs an event_timestamp column (the label time)")
+    store = store or feature_store(paths)
+    frame = entity_df.reset_index(drop=True).copy()
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    frame["__row"] = range(len(frame))
+    with _quiet():
+        result = store.get_historical_features(
+            entity_df=frame,
+            features=store.get_feature_service(feature_service),
+            full_feature_names=True,
+        ).to_df()
+    result = result.sort_values("__row").drop(columns="__row").reset_index(drop=True)
+    result["event_timestamp"] = result["event_timestamp"].dt.tz_convert(None)
+    return result
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence Feast's per-call deprecation chatter (it re-arms its own filters)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+__all__ = [
+    "FeatureStoreError",
+    "MaterializationError",
+    "MaterializationReport",
+    "NotMaterialized",
+    "OnlineStoreSettings",
+    "UnknownUser",
+    "apply",
+    "export_time_range",
+    "feature_store",
+    "historical_features",
+    "load_definitions",
+    "materialize",
+    "online_features",
+    "repo_config",
+]

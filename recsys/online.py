@@ -1,0 +1,524 @@
+"""Real-time feature updates: one behaviour event in, the user's fresh online features out.
+
+``OnlineUpdater.apply(event)`` updates the user's state and pushes the user's rows of
+``user_interest_short``/``_long``, ``user_interest_shift``, ``user_behavior_funnel`` and
+``user_recent_sequence`` to the online store through their Feast ``PushSource``\\s with
+``PushMode.ONLINE`` (an offline push would rewrite the whole Parquet export on every event).
+
+The updater does **not** write the warehouse: the caller appends the event to DuckDB
+(``events``), which stays the durable record that the next ``recsys build`` reads. The updater
+keeps its own small durable state in ``<home>/feast/online_state.db`` (SQLite):
+
+- ``user_category``: per (user, category) decayed interest at both half-lives, anchored at
+  ``ref_us`` (s <- s * 2^(-dt/h) + w), plus first/last event time; top-N arrays are recomputed
+  exactly from all of a user's categories;
+- ``user_events``: every accepted event (the natural key drops duplicates; the recent sequence
+  and funnel recencies come from here);
+- ``user_item``: per (user, item) behaviour counts, for the funnel's distinct-item rates;
+- ``quarantine``: events that could not be used, with the reason.
+
+Definitions match the SQL marts (sql/marts/*.sql) exactly: a row "as of A" uses events strictly
+before A. The row pushed after an event at time t is the row as of t + 1 microsecond, i.e. it
+includes every accepted event up to and including t, and is stamped with that time.
+
+Out-of-order events (older than the user's latest) are applied exactly: a decayed sum is
+order-independent, s(T) = sum w * 2^(-(T - t)/h), so an older event adds w * 2^(-(ref - t)/h)
+to the sum anchored at ``ref``; the sequence is rebuilt in time order. Duplicates (same user,
+item, behavior, event_time) are dropped. An event for an item missing from the catalogue
+(``item_stats``) is used when it carries its category, else quarantined. Bad input never
+raises: it is quarantined with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from recsys.config import FeatureConfig, Paths
+from recsys.schema import BEHAVIORS
+
+EPOCH = datetime(1970, 1, 1)
+US_PER_SECOND = 1_000_000
+US_PER_HOUR = 3_600_000_000
+
+STATE_DDL = """
+create table if not exists user_category (
+    user_id integer not null, category_id integer not null,
+    short real not null, long real not null, ref_us integer not null,
+    first_us integer not null, last_us integer not null, n_events integer not null,
+    primary key (user_id, category_id)
+) without rowid;
+create table if not exists user_events (
+    user_id integer not null, item_id integer not null, behavior text not null,
+    event_us integer not null, category_id integer not null,
+    primary key (user_id, item_id, behavior, event_us)
+) without rowid;
+create index if not exists user_events_by_time on user_events (user_id, event_us);
+create table if not exists user_item (
+    user_id integer not null, item_id integer not null,
+    n_view integer not null default 0, n_cart integer not null default 0,
+    n_fav integer not null default 0, n_buy integer not null default 0,
+    primary key (user_id, item_id)
+) without rowid;
+create table if not exists quarantine (
+    user_id, item_id, category_id, behavior, event_time, reason text not null,
+    quarantined_at text not null
+);
+"""
+
+
+def to_us(moment: datetime) -> int:
+    """Microseconds since the epoch of a naive-UTC (or aware) datetime, exactly."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One behaviour event; ``category_id`` may be left out when the catalogue knows the item."""
+
+    user_id: int
+    item_id: int
+    behavior: str
+    event_time: datetime
+    category_id: int | None = None
+
+
+class Outcome(Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    QUARANTINED = "quarantined"
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    """What happened to one event; ``rows`` are the pushed rows by push source when applied."""
+
+    outcome: Outcome
+    reason: str = ""
+    rows: dict[str, dict[str, Any]] | None = None
+
+
+class InvalidEvent(ValueError):
+    """An event that cannot be used (the message is the quarantine reason)."""
+
+
+@dataclass(frozen=True)
+class _Category:
+    category_id: int
+    short: float
+    long: float
+    first_us: int
+
+
+class UserState:
+    """The updater's durable per-user state in one SQLite file (see the module docstring)."""
+
+    def __init__(self, path: Path, config: FeatureConfig) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.con.execute("pragma journal_mode = wal")
+        self.con.execute("pragma synchronous = normal")
+        self.con.executescript(STATE_DDL)
+        self.config = config
+        self.short_h_us = config.short_half_life_hours * US_PER_HOUR
+        self.long_h_us = config.long_half_life_hours * US_PER_HOUR
+
+    def close(self) -> None:
+        self.con.close()
+
+    def record(self, event: Event, category_id: int, event_us: int) -> bool:
+        """Add one event to the state; False (and nothing changed) when it is a duplicate."""
+        weight = self.config.behavior_weights[event.behavior]
+        con = self.con
+        con.execute("begin")
+        try:
+            inserted = con.execute(
+                "insert or ignore into user_events values (?, ?, ?, ?, ?)",
+                (event.user_id, event.item_id, event.behavior, event_us, category_id),
+            ).rowcount
+            if not inserted:
+                con.execute("rollback")
+                return False
+            row = con.execute(
+                "select short, long, ref_us from user_category where user_id = ? and "
+                "category_id = ?",
+                (event.user_id, category_id),
+            ).fetchone()
+            if row is None:
+                short, long, ref_us = weight, weight, event_us
+            else:
+                short, long, ref_us = _add_decayed(
+                    row, weight, event_us, self.short_h_us, self.long_h_us
+                )
+            con.execute(
+                "insert into user_category values (?, ?, ?, ?, ?, ?, ?, 1) "
+                "on conflict (user_id, category_id) do update set short = excluded.short, "
+                "long = excluded.long, ref_us = excluded.ref_us, "
+                "first_us = min(first_us, excluded.first_us), "
+                "last_us = max(last_us, excluded.last_us), n_events = n_events + 1",
+                (event.user_id, category_id, short, long, ref_us, event_us, event_us),
+            )
+            column = f"n_{event.behavior}"
+            con.execute(
+                f"insert into user_item (user_id, item_id, {column}) values (?, ?, 1) "
+                f"on conflict (user_id, item_id) do update set {column} = {column} + 1",
+                (event.user_id, event.item_id),
+            )
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+        return True
+
+    def latest_us(self, user_id: int) -> int | None:
+        (latest,) = self.con.execute(
+            "select max(event_us) from user_events where user_id = ?", (user_id,)
+        ).fetchone()
+        return latest
+
+    def categories(self, user_id: int, as_of_us: int) -> list[_Category]:
+        """The user's categories with interest decayed to ``as_of_us`` (events before it)."""
+        rows = self.con.execute(
+            "select category_id, short, long, ref_us, first_us from user_category "
+            "where user_id = ?",
+            (user_id,),
+        ).fetchall()
+        return [
+            _Category(
+                category_id=c,
+                short=short * 2.0 ** (-(as_of_us - ref) / self.short_h_us),
+                long=long * 2.0 ** (-(as_of_us - ref) / self.long_h_us),
+                first_us=first,
+            )
+            for c, short, long, ref, first in rows
+        ]
+
+    def funnel_counts(self, user_id: int) -> tuple[int, ...]:
+        """Event counts and distinct-item counts behind the funnel rates."""
+        return self.con.execute(
+            "select coalesce(sum(n_view), 0), coalesce(sum(n_cart), 0), "
+            "coalesce(sum(n_fav), 0), coalesce(sum(n_buy), 0), "
+            "count(*) filter (where n_view > 0), count(*) filter (where n_cart > 0), "
+            "count(*) filter (where n_view > 0 and n_cart > 0), "
+            "count(*) filter (where n_view > 0 and n_fav > 0), "
+            "count(*) filter (where n_view > 0 and n_buy > 0), "
+            "count(*) filter (where n_cart > 0 and n_buy > 0) "
+            "from user_item where user_id = ?",
+            (user_id,),
+        ).fetchone()
+
+    def last_by_behavior(self, user_id: int) -> dict[str, int]:
+        return dict(
+            self.con.execute(
+                "select behavior, max(event_us) from user_events where user_id = ? "
+                "group by behavior",
+                (user_id,),
+            ).fetchall()
+        )
+
+    def recent(self, user_id: int, limit: int) -> list[tuple[int, int, str, int]]:
+        """The most recent events, most recent first, in the marts' total order."""
+        return self.con.execute(
+            "select item_id, category_id, behavior, event_us from user_events "
+            "where user_id = ? order by event_us desc, behavior desc, item_id desc, "
+            "category_id desc limit ?",
+            (user_id, limit),
+        ).fetchall()
+
+    def quarantine(self, event: Any, reason: str) -> None:
+        fields = [getattr(event, name, None) for name in Event.__dataclass_fields__]
+        user_id, item_id, behavior, event_time, category_id = fields
+        self.con.execute(
+            "insert into quarantine values (?, ?, ?, ?, ?, ?, ?)",
+            (
+                _plain(user_id),
+                _plain(item_id),
+                _plain(category_id),
+                _plain(behavior),
+                _plain(event_time),
+                reason,
+                datetime.now(UTC).isoformat(),
+            ),
+        )
+
+    def quarantined(self) -> list[tuple[Any, ...]]:
+        return self.con.execute(
+            "select user_id, item_id, category_id, behavior, event_time, reason from quarantine"
+        ).fetchall()
+
+
+def _plain(value: Any) -> Any:
+    return value if value is None or isinstance(value, int | float | str) else str(value)
+
+
+def _add_decayed(
+    row: tuple[float, float, int], weight: float, event_us: int, short_h: float, long_h: float
+) -> tuple[float, float, int]:
+    """Add weight w at ``event_us`` to sums anchored at ``ref_us``; returns the new anchor."""
+    short, long, ref_us = row
+    if event_us >= ref_us:
+        dt = event_us - ref_us
+        return (
+            short * 2.0 ** (-dt / short_h) + weight,
+            long * 2.0 ** (-dt / long_h) + weight,
+            event_us,
+        )
+    dt = ref_us - event_us
+    return short + weight * 2.0 ** (-dt / short_h), long + weight * 2.0 ** (-dt / long_h), ref_us
+
+
+def user_rows(
+    state: UserState, user_id: int, as_of_us: int, config: FeatureConfig
+) -> dict[str, dict[str, Any]]:
+    """The user's feature rows as of ``as_of_us``, keyed by push source (marts' definitions)."""
+    stamp = from_us(as_of_us)
+    categories = state.categories(user_id, as_of_us)
+    base = {"user_id": user_id, "event_timestamp": stamp}
+    return {
+        "user_interest_push": base | interest_row(categories, config.top_categories),
+        "user_interest_shift_push": base
+        | shift_row(categories, as_of_us, round(config.novelty_window_hours * US_PER_HOUR)),
+        "user_behavior_funnel_push": base
+        | funnel_row(state.funnel_counts(user_id), state.last_by_behavior(user_id), as_of_us),
+        "user_recent_sequence_push": base
+        | sequence_row(state.recent(user_id, config.recent_sequence_length), as_of_us),
+    }
+
+
+def interest_row(categories: list[_Category], top_n: int) -> dict[str, Any]:
+    """Top-N category ids and scores per horizon (ties: smallest category id first)."""
+    row: dict[str, Any] = {}
+    for horizon in ("short", "long"):
+        ranked = sorted(categories, key=lambda c: (-getattr(c, horizon), c.category_id))[:top_n]
+        row[f"top_categories_{horizon}"] = [c.category_id for c in ranked]
+        row[f"top_scores_{horizon}"] = [getattr(c, horizon) for c in ranked]
+        row[f"interest_total_{horizon}"] = math.fsum(getattr(c, horizon) for c in categories)
+    return row
+
+
+def shift_row(categories: list[_Category], as_of_us: int, window_us: int) -> dict[str, Any]:
+    """JS divergence, top categories, novel share and entropies (bits), as the shift mart."""
+    total_short = sum(c.short for c in categories)
+    total_long = sum(c.long for c in categories)
+    p = [c.short / total_short if total_short else 0.0 for c in categories]
+    q = [c.long / total_long if total_long else 0.0 for c in categories]
+    js = 0.0
+    for ps, ql in zip(p, q, strict=True):
+        mid = (ps + ql) / 2
+        js += 0.5 * (ps * math.log2(ps / mid) if ps > 0 else 0.0)
+        js += 0.5 * (ql * math.log2(ql / mid) if ql > 0 else 0.0)
+    top_short = min(categories, key=lambda c: (-c.short, c.category_id)).category_id
+    top_long = min(categories, key=lambda c: (-c.long, c.category_id)).category_id
+    return {
+        "js_divergence": max(js, 0.0),
+        "top_category_short": top_short,
+        "top_category_long": top_long,
+        "top_category_changed": top_short != top_long,
+        "novel_category_share": sum(
+            share
+            for share, c in zip(p, categories, strict=True)
+            if c.first_us >= as_of_us - window_us
+        ),
+        "entropy_short": max(-sum(x * math.log2(x) for x in p if x > 0), 0.0),
+        "entropy_long": max(-sum(x * math.log2(x) for x in q if x > 0), 0.0),
+    }
+
+
+def funnel_row(counts: tuple[int, ...], last: dict[str, int], as_of_us: int) -> dict[str, Any]:
+    """Counts, distinct-item rates (None without a base) and hours since each behaviour."""
+    n_view, n_cart, n_fav, n_buy, viewed, carted, v_cart, v_fav, v_buy, c_buy = counts
+
+    def ratio(num: int, den: int) -> float | None:
+        return num / den if den else None
+
+    def hours(behavior: str) -> float | None:
+        return (as_of_us - last[behavior]) / US_PER_HOUR if behavior in last else None
+
+    return {
+        "n_view": n_view,
+        "n_cart": n_cart,
+        "n_fav": n_fav,
+        "n_buy": n_buy,
+        "cart_rate": ratio(v_cart, viewed),
+        "fav_rate": ratio(v_fav, viewed),
+        "buy_rate": ratio(v_buy, viewed),
+        "cart_to_buy_rate": ratio(c_buy, carted),
+        **{f"hours_since_last_{b}": hours(b) for b in BEHAVIORS},
+        "hours_since_last_event": (as_of_us - max(last.values())) / US_PER_HOUR,
+    }
+
+
+def sequence_row(recent: list[tuple[int, int, str, int]], as_of_us: int) -> dict[str, Any]:
+    """The recent-sequence arrays, most recent first; gaps in seconds before ``as_of_us``."""
+    return {
+        "seq_item_ids": [r[0] for r in recent],
+        "seq_category_ids": [r[1] for r in recent],
+        "seq_behaviors": [r[2] for r in recent],
+        "seq_gap_seconds": [(as_of_us - r[3]) / US_PER_SECOND for r in recent],
+        "seq_len": len(recent),
+    }
+
+
+class FeastPushWriter:
+    """Online-only writes of push-source rows, without re-reading the registry per event.
+
+    ``FeatureStore.push`` resolves the push source's feature views from the registry and
+    converts the frame through pandas/arrow on every call. This writer resolves the views of
+    each push source once and hands the provider ``online_write_batch`` the same
+    (entity key, values, event time) triples that ``push(..., to=PushMode.ONLINE)`` writes.
+    """
+
+    def __init__(self, store: Any) -> None:
+        from feast.data_source import PushSource
+
+        self.store = store
+        self.provider = store._get_provider()
+        self.views: dict[str, list[Any]] = {}
+        for view in store.list_feature_views():
+            if isinstance(view.stream_source, PushSource):
+                self.views.setdefault(view.stream_source.name, []).append(view)
+
+    def __call__(self, source: str, row: dict[str, Any]) -> None:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        from feast.type_map import python_values_to_proto_values
+
+        if source not in self.views:
+            raise KeyError(f"no feature view is fed by push source {source!r}")
+        stamp = row["event_timestamp"].replace(tzinfo=UTC)
+        for view in self.views[source]:
+            (join_key,) = [c.name for c in view.entity_columns]
+            key = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=row[join_key])])
+            values = {
+                f.name: python_values_to_proto_values([row[f.name]], f.dtype.to_value_type())[0]
+                for f in view.features
+            }
+            self.provider.online_write_batch(
+                self.store.config, view, [(key, values, stamp, None)], progress=None
+            )
+
+
+# Looks an item's category up in the catalogue; None when the item is unknown.
+CategoryLookup = Callable[[int], int | None]
+
+
+class OnlineUpdater:
+    """Applies events one at a time and pushes the user's fresh rows to the online store.
+
+    ``push(source_name, row)`` writes one push source's row; ``OnlineUpdater.for_store``
+    wires it to ``FeatureStore.push(..., to=PushMode.ONLINE)``.
+    """
+
+    def __init__(
+        self,
+        state: UserState,
+        *,
+        push: Callable[[str, dict[str, Any]], None],
+        catalogue: CategoryLookup,
+        config: FeatureConfig,
+    ) -> None:
+        self.state = state
+        self.push = push
+        self.catalogue = catalogue
+        self.config = config
+
+    @classmethod
+    def for_store(
+        cls,
+        paths: Paths,
+        store: Any,
+        *,
+        config: FeatureConfig | None = None,
+        via_push_api: bool = False,
+    ) -> OnlineUpdater:
+        """An updater for a home whose registry holds the push sources (``recsys features
+        apply``); the catalogue is the online ``item_stats`` view.
+
+        By default rows go through ``FeastPushWriter`` (the push sources' views, resolved once);
+        ``via_push_api=True`` calls ``FeatureStore.push(..., to=PushMode.ONLINE)`` per source,
+        which writes the same rows but re-reads the registry on every call (~100 ms).
+        """
+        from feast.data_source import PushMode
+
+        config = config or FeatureConfig()
+        if via_push_api:
+
+            def push(source: str, row: dict[str, Any]) -> None:
+                store.push(source, pd.DataFrame([row]), to=PushMode.ONLINE)
+
+        else:
+            push = FeastPushWriter(store)
+
+        def catalogue(item_id: int) -> int | None:
+            values = store.get_online_features(
+                features=["item_stats:category_id"], entity_rows=[{"item_id": item_id}]
+            ).to_dict()
+            return values["category_id"][0]
+
+        return cls(
+            UserState(paths.feast / "online_state.db", config),
+            push=push,
+            catalogue=catalogue,
+            config=config,
+        )
+
+    def close(self) -> None:
+        self.state.close()
+
+    def apply(self, event: Any) -> UpdateResult:
+        """Apply one event; never raises on bad input (it is quarantined with a reason)."""
+        try:
+            category_id, event_us = self._validate(event)
+        except InvalidEvent as exc:
+            self.state.quarantine(event, str(exc))
+            return UpdateResult(Outcome.QUARANTINED, reason=str(exc))
+        if not self.state.record(event, category_id, event_us):
+            return UpdateResult(Outcome.DUPLICATE, reason="already applied")
+        as_of_us = self.state.latest_us(event.user_id) + 1
+        rows = user_rows(self.state, event.user_id, as_of_us, self.config)
+        for source, row in rows.items():
+            self.push(source, row)
+        return UpdateResult(Outcome.APPLIED, rows=rows)
+
+    def apply_all(self, events: Iterable[Any]) -> list[UpdateResult]:
+        return [self.apply(event) for event in events]
+
+    def features_as_of(self, user_id: int, as_of: datetime) -> dict[str, dict[str, Any]]:
+        """The user's rows as of any time at or after their latest event (for checks)."""
+        return user_rows(self.state, user_id, to_us(as_of), self.config)
+
+    def _validate(self, event: Any) -> tuple[int, int]:
+        """The event's category and time in microseconds, or ``InvalidEvent``."""
+        if not isinstance(event, Event):
+            raise InvalidEvent(f"not an Event: {type(event).__name__}")
+        for name in ("user_id", "item_id"):
+            if not isinstance(getattr(event, name), int) or isinstance(getattr(event, name), bool):
+                raise InvalidEvent(f"{name} must be an integer, got {getattr(event, name)!r}")
+        if event.behavior not in self.config.behavior_weights:
+            raise InvalidEvent(f"unknown behavior {event.behavior!r}")
+        if not isinstance(event.event_time, datetime):
+            raise InvalidEvent(f"event_time must be a datetime, got {event.event_time!r}")
+        category_id = event.category_id
+        if category_id is None:
+            category_id = self.catalogue(event.item_id)
+            if category_id is None:
+                raise InvalidEvent(
+                    f"unknown item {event.item_id} without a category_id (not in item_stats)"
+                )
+        elif not isinstance(category_id, int):
+            raise InvalidEvent(f"category_id must be an integer, got {category_id!r}")
+        return int(category_id), to_us(event.event_time)

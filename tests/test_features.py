@@ -1,0 +1,249 @@
+"""The Feast feature repo and recsys.features: definitions, apply, materialise, reads."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+from feast import FeatureView
+from feature_helpers import load_events, simulated_home
+
+from recsys import features as F
+from recsys.build import build
+from recsys.config import resolve_home
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    """A small simulated home, built, applied and materialised (shared: read-only tests)."""
+    paths = resolve_home(tmp_path_factory.mktemp("home"))
+    simulated_home(paths)
+    report = F.materialize(paths)
+    return paths, report
+
+
+def _final_rows(paths, name: str, key: str) -> pd.DataFrame:
+    return (
+        duckdb.connect()
+        .execute(
+            f"select * from read_parquet(?) qualify row_number() over "
+            f"(partition by {key} order by event_timestamp desc) = 1",
+            [str(paths.features / f"{name}.parquet")],
+        )
+        .fetchdf()
+    )
+
+
+def test_definitions_follow_conventions(built):
+    paths, _ = built
+    objects = {obj.name: obj for obj in F.load_definitions(paths.features)}
+    assert {"user", "item", "category"} <= objects.keys()
+    views = [o for o in objects.values() if isinstance(o, FeatureView)]
+    assert {v.name for v in views} >= {
+        "user_interest_short",
+        "user_interest_long",
+        "user_interest_shift",
+        "user_behavior_funnel",
+        "user_recent_sequence",
+        "item_stats",
+        "user_embedding",
+        "item_embedding",
+    }
+    for view in views:
+        assert view.ttl and view.description
+        for field in view.features:
+            assert field.description, f"{view.name}.{field.name} has no description"
+        # Sources point at this home's exports, not at the default ../data.
+        assert Path(view.batch_source.path).parent == paths.features.resolve()
+    for service in ("two_tower_v1", "two_tower_v1_query", "two_tower_v1_candidate", "gnn_v1"):
+        assert service in objects
+
+
+def test_definitions_fail_clearly_without_exports(tmp_path):
+    with pytest.raises(F.FeatureStoreError, match=r"recsys build"):
+        F.load_definitions(tmp_path / "features")
+
+
+def test_materialize_uses_the_datas_time_range(built):
+    paths, report = built
+    funnel = _final_rows(paths, "user_behavior_funnel", "user_id")
+    assert report.rows["user_behavior_funnel"] == len(funnel) > 0
+    assert report.rows["item_stats"] == len(_final_rows(paths, "item_stats", "item_id"))
+    low, high = F.export_time_range(paths)
+    assert (report.start, report.end) == (low, high)
+
+
+def test_online_features_match_the_latest_export_row(built):
+    paths, _ = built
+    interest = _final_rows(paths, "user_interest", "user_id").iloc[0]
+    funnel = _final_rows(paths, "user_behavior_funnel", "user_id").set_index("user_id")
+    got = F.online_features(paths, int(interest.user_id))
+    assert got["user_interest_short__top_categories_short"] == list(interest.top_categories_short)
+    assert got["user_interest_long__top_scores_long"] == pytest.approx(
+        list(interest.top_scores_long), abs=1e-12
+    )
+    assert got["user_behavior_funnel__n_view"] == funnel.loc[interest.user_id, "n_view"]
+
+
+def test_online_features_errors(built, tmp_path):
+    paths, _ = built
+    with pytest.raises(F.UnknownUser, match="user 987654321"):
+        F.online_features(paths, 987654321)
+    fresh = resolve_home(tmp_path / "fresh")
+    shutil.copytree(paths.features, fresh.features)
+    F.apply(fresh)
+    with pytest.raises(F.NotMaterialized, match="recsys features materialize"):
+        F.online_features(fresh, 1)
+
+
+def test_materialize_fails_loudly_on_empty_exports(built, tmp_path):
+    paths, _ = built
+    empty = resolve_home(tmp_path / "empty")
+    empty.features.mkdir(parents=True)
+    for source in paths.features.glob("*.parquet"):
+        duckdb.connect().execute(
+            f"copy (select * from read_parquet('{source}') limit 0) "
+            f"to '{empty.features / source.name}' (format parquet)"
+        )
+    with pytest.raises(F.MaterializationError, match="hold no rows"):
+        F.materialize(empty)
+
+
+def test_historical_year_2017_data_materialises(tmp_path):
+    # Wall-clock incremental materialisation would load nothing from a 2017 log.
+    paths = resolve_home(tmp_path)
+    simulated_home(paths, users=10, items=50, days=2, start=datetime(2017, 11, 25))
+    report = F.materialize(paths)
+    assert report.rows["user_interest_short"] > 0
+    assert report.start.year == 2017
+
+
+def test_point_in_time_join_never_sees_the_label_time_or_later(tmp_path):
+    """Snapshots at day2 00:00, exactly at the label time (day2 10:00) and at day3 00:00.
+
+    user 1: view @ day1 12:00, view @ day2 09:00, cart @ day2 10:00 (= label), buy @ day3 10:00.
+    """
+    paths = resolve_home(tmp_path)
+    day1 = datetime(2024, 3, 1)
+    events = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1],
+            "item_id": [10, 11, 12, 12],
+            "category_id": [5, 5, 6, 6],
+            "behavior": ["view", "view", "cart", "buy"],
+            "event_time": pd.to_datetime(
+                ["2024-03-01 12:00", "2024-03-02 09:00", "2024-03-02 10:00", "2024-03-03 10:00"]
+            ),
+        }
+    )
+    load_events(paths, events)
+    label = datetime(2024, 3, 2, 10)
+    build(paths, snapshots=[datetime(2024, 3, 2), label, datetime(2024, 3, 3)])
+    stamps = duckdb.connect().execute(
+        "select event_timestamp from read_parquet(?) where user_id = 1 order by 1",
+        [str(paths.features / "user_behavior_funnel.parquet")],
+    )
+    assert label in [row[0] for row in stamps.fetchall()]
+    F.apply(paths)
+    entity_df = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1, 1],
+            "event_timestamp": [
+                day1.replace(hour=11),  # before the first snapshot: nothing known
+                label,  # row stamped exactly at the label: events < label only
+                datetime(2024, 3, 2, 23),  # the cart at 10:00 is not in a snapshot yet
+                datetime(2024, 3, 3, 5),  # day3 00:00 snapshot: cart, no buy
+                datetime(2024, 3, 4),  # final snapshot: everything
+            ],
+        }
+    )
+    got = F.historical_features(paths, entity_df, "user_profile_v1")
+    assert list(got["event_timestamp"]) == list(entity_df["event_timestamp"])
+    assert pd.isna(got["user_behavior_funnel__n_view"][0])
+    assert list(got["user_behavior_funnel__n_view"][1:]) == [2, 2, 2, 2]
+    assert list(got["user_behavior_funnel__n_cart"][1:]) == [0, 0, 1, 1]
+    assert list(got["user_behavior_funnel__n_buy"][1:]) == [0, 0, 0, 1]
+    assert list(got["user_recent_sequence__seq_len"][1:]) == [2, 2, 3, 4]
+
+
+def test_two_tower_service_joins_user_and_item_sides(built):
+    paths, _ = built
+    funnel = _final_rows(paths, "user_behavior_funnel", "user_id").iloc[0]
+    item = _final_rows(paths, "item_stats", "item_id").iloc[0]
+    entity_df = pd.DataFrame(
+        {
+            "user_id": [int(funnel.user_id)],
+            "item_id": [int(item.item_id)],
+            "event_timestamp": [max(funnel.event_timestamp, item.event_timestamp)],
+        }
+    )
+    got = F.historical_features(paths, entity_df, "two_tower_v1").iloc[0]
+    # Both sides have an n_view; full feature names keep them apart.
+    assert got["user_behavior_funnel__n_view"] == funnel.n_view
+    assert got["item_stats__n_view"] == item.n_view
+
+
+@pytest.mark.slow
+def test_feast_apply_cli_on_a_fresh_clone(built, tmp_path):
+    """`cd feature_repo && feast apply` fails with the command to run, then works once built."""
+    paths, _ = built
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("__pycache__"))
+    feast = Path(sys.executable).parent / "feast"
+    env = {k: v for k, v in os.environ.items() if k != F.FEATURES_DIR_ENV}
+    env["PYTHONPATH"] = str(ROOT)
+    failed = subprocess.run(
+        [str(feast), "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert failed.returncode != 0
+    assert "make demo" in failed.stdout + failed.stderr
+    shutil.copytree(paths.features, tmp_path / "data" / "features")
+    ok = subprocess.run(
+        [str(feast), "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (tmp_path / "data" / "feast" / "registry.db").exists()
+
+
+@pytest.mark.redis
+def test_redis_online_store_serves_the_same_rows(built):
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip("REDIS_URL is not set (start redis-server and export REDIS_URL)")
+    paths, _ = built
+    redis_home = resolve_home(paths.home.parent / "redis_home")
+    shutil.copytree(paths.features, redis_home.features, dirs_exist_ok=True)
+    settings = F.OnlineStoreSettings.redis(url)
+    report = F.materialize(redis_home, online=settings)
+    assert report.total_rows > 0
+    user = int(_final_rows(paths, "user_interest", "user_id").user_id.iloc[0])
+    assert F.online_features(redis_home, user, online=settings) == F.online_features(paths, user)
+
+
+def test_cli_online_prints_json_and_fails_clearly(built):
+    import json
+
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    paths, _ = built
+    user = int(_final_rows(paths, "user_interest", "user_id").user_id.iloc[0])
+    runner = CliRunner()
+    ok = runner.invoke(app, ["features", "online", "--user", str(user), "--home", str(paths.home)])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["user_id"] == user
+    unknown = runner.invoke(
+        app, ["features", "online", "--user", "987654321", "--home", str(paths.home)]
+    )
+    assert unknown.exit_code == 2
+    assert "no online features for user 987654321" in unknown.output
