@@ -73,6 +73,39 @@ def ingest(
 
 
 @app.command()
+def simulate(
+    users: Annotated[int, typer.Option(help="Number of users.")] = 2_000,
+    items: Annotated[int, typer.Option(help="Number of items.")] = 20_000,
+    days: Annotated[int, typer.Option(help="Days of activity.")] = 30,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same log.")] = 0,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder (default: HOME/simulations/sim-uN-iM-dD-sS)."),
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Write a simulated event log (events.parquet) and its planted migrations
+    (migrations.parquet)."""
+    from recsys.simulate import SimulationConfig, SimulationConfigError, write_simulation
+    from recsys.simulate import simulate as run_simulation
+
+    try:
+        config = SimulationConfig(users=users, items=items, days=days, seed=seed)
+    except SimulationConfigError as exc:
+        raise fail(str(exc)) from None
+    directory = out if out is not None else resolve_home(home).simulations / config.name
+    with console.status(f"Simulating {config.name}..."):
+        sim = run_simulation(config)
+        events_path, migrations_path = write_simulation(sim, directory)
+    console.print(
+        f"[green]events[/]      {sim.events.height:>12,} rows  {events_path}\n"
+        f"[green]migrations[/]  {sim.migrations.height:>12,} rows  {migrations_path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
 def build(
     as_of: Annotated[
         datetime | None,
@@ -173,6 +206,37 @@ def features_online(
     except FeatureStoreError as exc:
         raise fail(str(exc)) from None
     typer.echo(json.dumps(row, indent=2, default=str))
+
+
+@app.command()
+def evaluate(
+    events: Annotated[
+        Path | None,
+        typer.Option(help="Event file to ingest first (else the warehouse's events)."),
+    ] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="Format of --events.")] = "csv",
+    tz: Annotated[
+        str, typer.Option(help="Time zone of the day boundaries (Taobao: Asia/Shanghai).")
+    ] = "UTC",
+    test_day: Annotated[
+        datetime | None,
+        typer.Option(formats=["%Y-%m-%d"], help="Test day (default: the last day of data)."),
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Score every model and baseline on a global time split; write metrics.json and plots."""
+    from recsys.evaluate import EvaluationConfig, run_evaluation
+    from recsys.evaluation.errors import EvaluationError
+    from recsys.ingest import IngestError, ingest_file
+
+    paths = resolve_home(home)
+    try:
+        if events is not None:
+            console.print(ingest_file(paths, events, fmt=format).summary())
+        config = EvaluationConfig(tz=tz, test_day=test_day.date() if test_day else None)
+        run_evaluation(paths, config=config, console=console)
+    except (IngestError, EvaluationError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,6 @@
+-- recsys_params holds exactly one row
+with final as (
+    select count(*) as n from recsys_params having count(*) <> 1
+)
+
+select * from final
