@@ -328,9 +328,10 @@ def _concat(columns: dict[str, object]) -> str:
 def _validate(con, header_lines: int, raw_expr: str) -> int:
     """Check every staged record.
 
-    Creates temp view `checked` (every record with its physical line and, when invalid, a
-    reason) and temp table `bad` (line, raw, reason) for the quarantine. Returns how many
-    records failed the checks here (the reader's own rejects not counted).
+    Creates temp table `checked` (every record with its physical line, the hash of its natural
+    key and, when invalid, a reason) and temp table `bad` (line, raw, reason) for the
+    quarantine. Returns how many records failed the checks here (the reader's own rejects not
+    counted). The source is parsed and checked once; later steps read `checked`.
     """
     aliases = ", ".join(f"({_sql_str(k)}, {_sql_str(v)})" for k, v in BEHAVIOR_ALIASES.items())
     con.execute(f"create temp table behavior_aliases(source, canonical) as values {aliases}")
@@ -354,10 +355,11 @@ def _validate(con, header_lines: int, raw_expr: str) -> int:
         line += " + coalesce(g.k, 0)"
     con.execute(
         f"""
-        create temp view checked as
+        create temp table checked as
         select s.ordinal, {line} as line,
                s.user_id, s.item_id, s.category_id, a.canonical as behavior,
                s.event_time, s.session_id,
+               hash(s.user_id, s.item_id, a.canonical, s.event_time) as event_key,
                case
                  when s.user_id is null then 'user_id is missing or not an integer'
                  when s.item_id is null then 'item_id is missing or not an integer'
@@ -396,13 +398,7 @@ def _commit(
     rejected = _scalar(con, "select count(*) from raw_rejects")
     # Duplicates are found through a 64-bit hash of the natural key; rows whose hashes match
     # are then compared on the full key, so a hash collision never drops a distinct event.
-    con.execute(
-        """
-        create temp table staged as
-        select *, hash(user_id, item_id, behavior, event_time) as event_key
-        from checked where reason is null
-        """
-    )
+    con.execute("create temp view staged as select * from checked where reason is null")
     valid = _scalar(con, "select count(*) from staged")
     con.execute(
         """
