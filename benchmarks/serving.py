@@ -1,0 +1,311 @@
+"""Service benchmark: HTTP latency and throughput of recommendations and events, against the
+raw parts they are made of, measured in the same run.
+
+Builds a simulated home (ingest -> build -> materialise), then for a 20k-item catalogue (exact
+numpy ANN) and a 1M-item one (the real items plus synthetic ones; IVF numpy ANN) starts the
+service in a subprocess on 127.0.0.1 (uvicorn, uvloop, httptools) and loads it from this
+process with a minimal keep-alive HTTP/1.1 client at concurrency 1 and 16:
+
+- GET /v1/users/{id}/recommendations?k=20
+- POST /v1/events?return_recommendations=true (one view, refreshed top-20)
+
+No trained model exists yet, so the ANN stage runs on random item embeddings with the
+recent-items query (RecentItemsQuery). The raw parts (online feature read, query embedding,
+ANN search) are timed in this process on the same home; "floor" = the sum of their p50s.
+
+Usage: python benchmarks/serving.py [--users 2000 --items 20000 --days 5 --requests 2000]
+Targets on 2 cores: recommendations p99 < 10 ms at concurrency 1 with 1M items; event ->
+refreshed top-k p99 < 20 ms; endpoint p50 at most 1.5x the floor.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One BLAS thread: the server and the load generator share 2 cores, and OpenBLAS's spinning
+# worker threads would steal them from each other.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import asyncio
+import json
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+EMBEDDING_DIM = 32
+
+
+def prepare(home: Path, users: int, items: int, days: int) -> None:
+    from recsys import features as F
+    from recsys.build import build
+    from recsys.config import resolve_home
+    from recsys.ingest import ingest_file
+    from recsys.simulate import SimulationConfig, simulate, write_simulation
+
+    paths = resolve_home(home)
+    sim = simulate(SimulationConfig(users=users, items=items, days=days, seed=0))
+    events_path, _ = write_simulation(sim, paths.simulations)
+    with console.status("ingest, build, materialise"):
+        ingest_file(paths, events_path, fmt="parquet")
+        build(paths)
+        F.materialize(paths)
+    console.print(f"home {paths.home}: {sim.events.height:,} events")
+
+
+def components(home: Path, n_items: int):
+    """The catalogue (padded with synthetic items up to ``n_items``) and its ANN source."""
+    from recsys.config import FeatureConfig, resolve_home
+    from recsys.serving.ann import ExactIndex, IvfIndex, RecentItemsQuery
+    from recsys.serving.candidates import AnnSource
+    from recsys.serving.catalogue import Catalogue, load_catalogue
+
+    paths = resolve_home(home)
+    real = load_catalogue(paths, lock_timeout_s=30)
+    extra = max(n_items - len(real), 0)
+    rng = np.random.default_rng(0)
+    categories = np.unique(real.category_ids)
+    catalogue = Catalogue(
+        np.concatenate([real.item_ids, real.item_ids.max() + 1 + np.arange(extra)]),
+        np.concatenate([real.category_ids, rng.choice(categories, extra)]),
+        np.concatenate([real.popularity, rng.random(extra) * real.popularity.min()]),
+        migrations=real.migrations,
+    )
+    embeddings = rng.standard_normal((len(catalogue), EMBEDDING_DIM)).astype(np.float32)
+    if len(catalogue) > 100_000:
+        index = IvfIndex.build(catalogue.item_ids, embeddings, n_lists=1024, n_probe=8)
+    else:
+        index = ExactIndex(catalogue.item_ids, embeddings)
+    query = RecentItemsQuery(catalogue.item_ids, embeddings, FeatureConfig())
+    return catalogue, AnnSource(query, index, catalogue)
+
+
+def serve(home: Path, n_items: int, port: int) -> None:
+    """The service process: the app with the benchmark's catalogue and ANN."""
+    import uvicorn
+
+    from recsys.config import resolve_home
+    from recsys.serving.app import create_app
+    from recsys.serving.settings import ServiceSettings
+
+    catalogue, ann = components(home, n_items)
+    app = create_app(ServiceSettings(paths=resolve_home(home)), ann=ann, catalogue=catalogue)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
+
+
+class Connection:
+    """A minimal keep-alive HTTP/1.1 client (the load generator must cost less than httpx)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n"
+        if body:
+            head += "Content-Type: application/json\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        headers = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(headers.split(b" ", 2)[1])
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in headers.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return status, await self.reader.readexactly(length)
+
+
+async def load(port: int, requests: list[tuple[str, str, bytes]], concurrency: int):
+    """Latencies (ms) of all requests and the throughput (requests per second)."""
+    queue = list(reversed(requests))
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        connection = await Connection.open(port)
+        while queue:
+            method, path, body = queue.pop()
+            began = time.perf_counter()
+            status, _ = await connection.request(method, path, body)
+            latencies.append((time.perf_counter() - began) * 1e3)
+            assert status == 200, (status, path)
+        connection.writer.close()
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return np.array(latencies), len(requests) / (time.perf_counter() - began)
+
+
+def timed(fn, arguments: list) -> np.ndarray:
+    for argument in arguments[:20]:
+        fn(argument)
+    out = np.empty(len(arguments))
+    for i, argument in enumerate(arguments):
+        began = time.perf_counter()
+        fn(argument)
+        out[i] = (time.perf_counter() - began) * 1e3
+    return out
+
+
+def raw_parts(home: Path, n_items: int, users: list[int], repeats: int) -> dict[str, np.ndarray]:
+    """The online feature read, the query embedding and the ANN search, timed in-process."""
+    from recsys import features as F
+    from recsys.config import resolve_home
+    from recsys.serving.profile import OnlineProfileReader
+
+    paths = resolve_home(home)
+    _, ann = components(home, n_items)
+    reader = OnlineProfileReader(F.feature_store(paths))
+    sample = random.Random(1).choices(users, k=repeats)
+    profiles = [reader.read(u) for u in sample]
+    queries = [q for q in (ann.query(p) for p in profiles if p is not None) if q is not None]
+    return {
+        "online feature read (provider.online_read)": timed(reader.read, sample),
+        "query embedding (recent-items mean; no trained tower)": timed(ann.query, profiles),
+        f"ANN search top-20 ({type(ann.index).__name__})": timed(
+            lambda q: ann.index.search(q, 20), queries
+        ),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, process: subprocess.Popen, timeout_s: float = 300.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the service exited during startup")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the service did not become ready")
+
+
+def bench_catalogue(home: Path, n_items: int, requests: int, users: list[int], t0) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            "--home",
+            str(home),
+            "--catalogue",
+            str(n_items),
+            "--port",
+            str(port),
+        ]
+    )
+    rows: list[tuple[str, np.ndarray, float | None]] = []
+    try:
+        wait_ready(port, process)
+        rng = random.Random(0)
+        gets = [
+            ("GET", f"/v1/users/{rng.choice(users)}/recommendations?k=20", b"")
+            for _ in range(requests)
+        ]
+        clock = iter(range(1, 10**9))
+
+        def post() -> tuple[str, str, bytes]:
+            event = {
+                "user_id": rng.choice(users),
+                "item_id": rng.choice(users) % 1000,
+                "category_id": 1,
+                "behavior": "view",
+                "event_time": (t0 + timedelta(seconds=next(clock))).isoformat(),
+            }
+            return (
+                "POST",
+                "/v1/events?return_recommendations=true&k=20",
+                json.dumps(event).encode(),
+            )
+
+        for concurrency in (1, 16):
+            asyncio.run(load(port, gets[:200], concurrency))  # warm-up
+            latencies, rate = asyncio.run(load(port, gets, concurrency))
+            rows.append((f"GET recommendations, concurrency {concurrency}", latencies, rate))
+        for concurrency in (1, 16):
+            latencies, rate = asyncio.run(
+                load(port, [post() for _ in range(requests // 2)], concurrency)
+            )
+            rows.append(
+                (f"POST event + refreshed top-20, concurrency {concurrency}", latencies, rate)
+            )
+    finally:
+        process.terminate()
+        process.wait()
+    parts = raw_parts(home, n_items, users, 1000)
+    floor = sum(float(np.median(v)) for v in parts.values())
+    table = Table(
+        title=f"serving, {n_items:,} items (ANN over random embeddings: no trained model)"
+    )
+    for column in ("measure", "p50 ms", "p99 ms", "req/s", "p50 / floor"):
+        table.add_column(column)
+    for name, values in parts.items():
+        p50, p99 = np.percentile(values, [50, 99])
+        table.add_row(f"raw: {name}", f"{p50:.3f}", f"{p99:.3f}", "", "")
+    table.add_row("floor = sum of raw p50s", f"{floor:.3f}", "", "", "1.0x")
+    for name, values, rate in rows:
+        p50, p99 = np.percentile(values, [50, 99])
+        table.add_row(name, f"{p50:.3f}", f"{p99:.3f}", f"{rate:,.0f}", f"{p50 / floor:.1f}x")
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--days", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=2_000)
+    parser.add_argument("--catalogues", default="20000,1000000")
+    parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--catalogue", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.home, args.catalogue, args.port)
+        return
+    import duckdb
+
+    home = args.home or Path(tempfile.mkdtemp(prefix="recsys-bench-serving-"))
+    if not (home / "feast" / "registry.db").exists():
+        prepare(home, args.users, args.items, args.days)
+    with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
+        users = [r[0] for r in con.execute("select user_id from user_interest_shift").fetchall()]
+        (t0,) = con.execute("select max(event_time) from events").fetchone()
+    for n_items in (int(n) for n in args.catalogues.split(",")):
+        bench_catalogue(home, n_items, args.requests, users, t0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The durable event inbox: events are acknowledged once they are here, and drained into the
+warehouse's ``events`` table in batches.
+
+Why not write the warehouse per request: DuckDB admits one writer process and refuses a
+read-write open while any analyst holds the file read-only, and an open + insert + close costs
+tens of milliseconds. So POST /v1/events commits each request's events in ONE SQLite
+transaction (WAL, ``synchronous = FULL``: fsync'ed before the commit returns) to
+``<home>/serving/inbox.db`` and only then answers. ``InboxDrainer`` moves them into the
+warehouse in a background thread (every ``interval_s``, short ``writeback.open_for_write``
+transactions), on startup and on shutdown:
+
+1. read up to ``batch`` inbox rows (in sequence order, only those the service has applied);
+2. in one DuckDB transaction insert those not already in ``events`` (natural key, via the same
+   ``event_key = hash(user_id, item_id, behavior, event_time)`` as ingest), with
+   ``source_file = 'service:/v1/events'`` and ``source_line = inbox seq``;
+3. delete them from the inbox.
+
+A crash between 2 and 3 re-drains the rows on the next start; step 2's anti-join makes that a
+no-op, so every acknowledged event reaches the warehouse exactly once. When the warehouse stays
+locked (an analyst's long read), the rows simply wait for the next round.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from recsys.config import Paths
+from recsys.online import from_us
+from recsys.writeback import WarehouseBusyError, open_for_write
+
+log = logging.getLogger(__name__)
+
+SOURCE_FILE = "service:/v1/events"
+
+INBOX_DDL = """
+create table if not exists inbox (
+    seq integer primary key autoincrement,
+    user_id integer not null, item_id integer not null, category_id integer not null,
+    behavior text not null, event_us integer not null, session_id text,
+    received_at text not null
+);
+"""
+
+_DRAIN_SQL = f"""
+insert into events
+select n.user_id, n.item_id, n.category_id, n.behavior, n.event_time, n.session_id,
+       '{SOURCE_FILE}', n.seq, now()::timestamp, n.event_key
+from (
+    select *, hash(user_id, item_id, behavior, event_time) as event_key
+    from incoming
+    qualify row_number() over (
+        partition by user_id, item_id, behavior, event_time order by seq
+    ) = 1
+) n
+where not exists (
+    select 1 from events e
+    where e.event_key = n.event_key and e.user_id = n.user_id and e.item_id = n.item_id
+      and e.behavior = n.behavior and e.event_time = n.event_time
+)
+"""
+
+
+@dataclass(frozen=True)
+class InboxEvent:
+    """One validated event with its category resolved; ``event_us`` = microseconds since 1970."""
+
+    user_id: int
+    item_id: int
+    category_id: int
+    behavior: str
+    event_us: int
+    session_id: str | None = None
+
+
+class EventInbox:
+    """One connection to the inbox file (use one per thread)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.con.execute("pragma journal_mode = wal")
+        # FULL: the WAL is fsync'ed at every commit, so an acknowledged event survives a crash
+        # of the machine, not only of the process.
+        self.con.execute("pragma synchronous = full")
+        self.con.execute("pragma busy_timeout = 10000")
+        self.con.executescript(INBOX_DDL)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def append(self, events: list[InboxEvent]) -> int:
+        """Commit the events in one transaction; returns the last sequence number given."""
+        received = datetime.now(UTC).isoformat()
+        con = self.con
+        con.execute("begin immediate")
+        try:
+            con.executemany(
+                "insert into inbox (user_id, item_id, category_id, behavior, event_us, "
+                "session_id, received_at) values (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        e.user_id,
+                        e.item_id,
+                        e.category_id,
+                        e.behavior,
+                        e.event_us,
+                        e.session_id,
+                        received,
+                    )
+                    for e in events
+                ],
+            )
+            (last,) = con.execute("select last_insert_rowid()").fetchone()
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+        return last
+
+    def pending(self, *, up_to: int | None = None, limit: int | None = None) -> list[tuple]:
+        """Rows (seq, user_id, item_id, category_id, behavior, event_us, session_id) in order."""
+        return self.con.execute(
+            "select seq, user_id, item_id, category_id, behavior, event_us, session_id "
+            "from inbox where seq <= ? order by seq limit ?",
+            (up_to if up_to is not None else 2**62, limit if limit is not None else -1),
+        ).fetchall()
+
+    def remove(self, up_to: int) -> None:
+        self.con.execute("delete from inbox where seq <= ?", (up_to,))
+
+    def __len__(self) -> int:
+        return self.con.execute("select count(*) from inbox").fetchone()[0]
+
+
+def _as_arrow(rows: list[tuple]) -> pa.Table:
+    seq, user, item, category, behavior, event_us, session = zip(*rows, strict=True)
+    return pa.table(
+        {
+            "seq": pa.array(seq, pa.int64()),
+            "user_id": pa.array(user, pa.int64()),
+            "item_id": pa.array(item, pa.int64()),
+            "category_id": pa.array(category, pa.int64()),
+            "behavior": pa.array(behavior, pa.string()),
+            "event_time": pa.array([from_us(us) for us in event_us], pa.timestamp("us")),
+            "session_id": pa.array(session, pa.string()),
+        }
+    )
+
+
+class InboxDrainer:
+    """Moves inbox rows into the warehouse (see the module docstring).
+
+    Only rows with ``seq <= applied`` are drained, i.e. events whose online update has run:
+    after a crash, the rows still in the inbox are replayed through the online updater (its
+    natural key drops the ones it already has) before they are drained.
+    """
+
+    def __init__(
+        self,
+        paths: Paths,
+        inbox_path: Path,
+        *,
+        interval_s: float,
+        batch: int,
+        lock_timeout_s: float,
+    ) -> None:
+        self.paths = paths
+        self.inbox_path = inbox_path
+        self.interval_s = interval_s
+        self.batch = batch
+        self.lock_timeout_s = lock_timeout_s
+        self.applied = 0
+        self.drained = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def drain(self, inbox: EventInbox) -> int:
+        """Drain everything applied so far; returns the number of rows moved. Raises
+        ``WarehouseBusyError`` when the warehouse stays locked (the rows stay in the inbox)."""
+        moved = 0
+        while rows := inbox.pending(up_to=self.applied, limit=self.batch):
+            with open_for_write(self.paths, lock_timeout_s=self.lock_timeout_s) as con:
+                con.register("incoming", _as_arrow(rows))
+                con.begin()
+                try:
+                    con.execute(_DRAIN_SQL)
+                    con.commit()
+                except BaseException:
+                    con.rollback()
+                    raise
+            inbox.remove(rows[-1][0])
+            moved += len(rows)
+        self.drained += moved
+        return moved
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="inbox-drainer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (after its current round) and drain what is left, once."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        inbox = EventInbox(self.inbox_path)
+        try:
+            self.drain(inbox)
+        finally:
+            inbox.close()
+
+    def _run(self) -> None:
+        inbox = EventInbox(self.inbox_path)
+        try:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    self.drain(inbox)
+                    self.last_error = None
+                except WarehouseBusyError as exc:
+                    self.last_error = str(exc)
+                    log.warning("inbox drain postponed: %s", exc)
+                except Exception as exc:  # keep draining later; the rows stay in the inbox
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("inbox drain failed")
+        finally:
+            inbox.close()

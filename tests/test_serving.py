@@ -1,0 +1,468 @@
+"""The HTTP service end to end: endpoints, 4xx cases, the real-time path and durability."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import httpx
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+from fastapi.testclient import TestClient
+from feature_helpers import load_events
+
+from recsys import features as F
+from recsys.build import build
+from recsys.config import resolve_home
+from recsys.serving.ann import ExactIndex, RecentItemsQuery
+from recsys.serving.app import RecommendationsOut, create_app
+from recsys.serving.candidates import AnnSource
+from recsys.serving.catalogue import load_catalogue
+from recsys.serving.inbox import EventInbox
+from recsys.serving.profile import OnlineProfileReader
+from recsys.serving.settings import ServiceSettings, ServingError
+from recsys.simulate import SimulationConfig, simulate
+from recsys.writeback import write_run
+
+SERVICE_ROWS = "select user_id, item_id, behavior, event_time from events where source_file = ?"
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory):
+    """A ready home (ingest -> build -> materialise) with 12 categories; tests copy it."""
+    paths = resolve_home(tmp_path_factory.mktemp("template"))
+    sim = simulate(SimulationConfig(users=30, items=360, days=4, seed=7, categories=12))
+    events = sim.events.to_pandas()
+    load_events(paths, events)
+    build(paths)
+    F.materialize(paths)
+    return paths, events
+
+
+@pytest.fixture
+def home(template, tmp_path):
+    paths, events = template
+    copy = resolve_home(tmp_path / "home")
+    shutil.copytree(paths.home, copy.home)
+    return copy, events
+
+
+def _client(paths, **overrides) -> TestClient:
+    settings = ServiceSettings(paths=paths, **{"drain_interval_s": 3600.0, **overrides})
+    return TestClient(create_app(settings))
+
+
+def _service_events(paths) -> pd.DataFrame:
+    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+        return con.execute(SERVICE_ROWS, ["service:/v1/events"]).fetchdf()
+
+
+def _last_time(events: pd.DataFrame, user: int):
+    return events[events.user_id == user].event_time.max().to_pydatetime()
+
+
+def _post_history(client, events: pd.DataFrame, user: int, category: int, start) -> None:
+    """Eight events in one category, one per 10 minutes from ``start``, for a user the online
+    updater does not know yet (its state starts empty, see the report on bootstrapping)."""
+    items = events[events.category_id == category].drop_duplicates("item_id").item_id
+    batch = [
+        {
+            "user_id": user,
+            "item_id": int(items.iloc[i % len(items)]),
+            "behavior": "cart" if i % 4 == 3 else "view",
+            "event_time": str(start + timedelta(minutes=10 * i)),
+        }
+        for i in range(8)
+    ]
+    body = client.post("/v1/events", json={"events": batch}).json()
+    assert {r["outcome"] for r in body["results"]} == {"applied"}
+
+
+def _categories_by_size(events: pd.DataFrame) -> list[int]:
+    return events.drop_duplicates("item_id").category_id.value_counts().index.tolist()
+
+
+def test_profile_reader_matches_get_online_features(home):
+    paths, events = home
+    store = F.feature_store(paths)
+    reader = OnlineProfileReader(store)
+    for user in events.user_id.unique()[:5].tolist():
+        want = F.online_features(paths, user, store=store)
+        want.pop("user_id")
+        got = reader.read(user)
+        assert got is not None and set(got.features) == set(want)
+        for name, value in want.items():
+            if isinstance(value, float) or (
+                value and isinstance(value, list) and isinstance(value[0], float)
+            ):
+                assert got.features[name] == pytest.approx(value), name
+            else:
+                assert got.features[name] == value, name
+    assert reader.read(10**9) is None
+
+
+def test_recommendations_for_a_known_user(home):
+    paths, events = home
+    user = int(events.user_id.iloc[0])
+    with _client(paths) as client:
+        response = client.get(f"/v1/users/{user}/recommendations", params={"k": 15})
+    assert response.status_code == 200
+    body = RecommendationsOut.model_validate(response.json())
+    assert not body.cold_start and len(body.items) == 15
+    assert len({i.item_id for i in body.items}) == 15
+    scores = [i.score for i in body.items]
+    assert scores == sorted(scores, reverse=True)
+    assert {i.source for i in body.items} <= {"repeat", "category", "popular"}
+    seen = set(events[events.user_id == user].item_id)
+    assert all(i.source != "repeat" or i.item_id in seen for i in body.items)
+    assert all(i.reason for i in body.items)
+
+
+def test_cold_start_gets_trending_items(home):
+    paths, _ = home
+    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+        want = [
+            r[0]
+            for r in con.execute(
+                "select item_id from item_stats order by pop_short desc, item_id limit 7"
+            ).fetchall()
+        ]
+    with _client(paths) as client:
+        body = client.get("/v1/users/987654321/recommendations", params={"k": 7}).json()
+    assert body["cold_start"] is True
+    assert [i["item_id"] for i in body["items"]] == want
+    assert {i["reason"] for i in body["items"]} == {"trending now"}
+
+
+def test_a_new_category_shows_up_within_the_call(home):
+    """A user with a day-old interest in category A starts browsing category B: the refreshed
+    top-k of that very call holds B's popular items."""
+    paths, events = home
+    user = 900_001
+    old, new = _categories_by_size(events)[:2]
+    item = int(events[events.category_id == new].item_id.iloc[0])
+    start = events.event_time.max().to_pydatetime()
+    with _client(paths) as client:
+        _post_history(client, events, user, old, start)
+        before = client.get(f"/v1/users/{user}/recommendations").json()
+        assert new not in {i["category_id"] for i in before["items"]}
+        when = start + timedelta(days=1)
+        response = client.post(
+            "/v1/events",
+            params={"return_recommendations": "true"},
+            json={"user_id": user, "item_id": item, "behavior": "view", "event_time": str(when)},
+        )
+        assert response.status_code == 200
+        body = response.json()
+        assert body["results"][0]["outcome"] == "applied"
+        [recs] = body["recommendations"]
+        fresh = [i for i in recs["items"] if i["category_id"] == new]
+        # Not only the viewed item itself: the category's popular items came with it.
+        assert len([i for i in fresh if i["item_id"] != item]) >= 3
+        assert any(i["source"] == "category" for i in fresh)
+        assert old in {i["category_id"] for i in recs["items"]}  # the old interest stays
+        again = client.get(f"/v1/users/{user}/recommendations").json()
+    assert again["items"] == recs["items"]
+
+
+def test_exclude_purchased_policy(home):
+    paths, events = home
+    user = int(events.user_id.iloc[1])
+    item = int(events[events.user_id == user].item_id.iloc[0])
+    when = _last_time(events, user) + timedelta(minutes=5)
+    with _client(paths) as client:
+        posted = client.post(
+            "/v1/events",
+            json={"user_id": user, "item_id": item, "behavior": "buy", "event_time": str(when)},
+        ).json()
+        assert posted["results"][0]["outcome"] == "applied"
+        url = f"/v1/users/{user}/recommendations"
+        excluded = client.get(url, params={"exclude_purchased": "true"}).json()["items"]
+        allowed = client.get(url, params={"exclude_purchased": "false"}).json()["items"]
+    assert item not in {i["item_id"] for i in excluded}
+    assert item in {i["item_id"] for i in allowed if i["source"] == "repeat"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ("{not json", 422, "not valid JSON"),
+        ({"user_id": 1, "behavior": "view"}, 422, "item_id: Field required"),
+        ({"user_id": 1, "item_id": 2, "behavior": "click2"}, 422, "unknown behavior 'click2'"),
+        ({"user_id": "x", "item_id": 2, "behavior": "view"}, 422, "user_id"),
+        ({"user_id": 1, "item_id": 2, "behavior": "view", "colour": 1}, 422, "colour"),
+        (
+            {"user_id": 1, "item_id": 2, "behavior": "view", "event_time": "2999-01-01"},
+            422,
+            "more than a day in the future",
+        ),
+        ({"events": []}, 422, "events"),
+        ([1, 2], 422, "expected an event object"),
+        ({"events": [{"user_id": 1, "item_id": 2, "behavior": "view"}] * 11}, 413, "limit of 10"),
+    ],
+)
+def test_bad_events_get_a_clear_4xx(home, body, status, message):
+    paths, _ = home
+    with _client(paths, max_batch=10) as client:
+        content = body if isinstance(body, str) else None
+        kwargs = {"content": content} if content else {"json": body}
+        response = client.post("/v1/events", **kwargs)
+        assert response.status_code == status
+        assert message in response.json()["error"]
+        assert len(EventInbox(paths.home / "serving" / "inbox.db")) == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("/v1/users/1/recommendations?k=0", "k: Input should be greater than or equal to 1"),
+        ("/v1/users/1/recommendations?k=1001", "k: Input should be less than or equal to 1000"),
+        ("/v1/users/abc/recommendations", "user_id"),
+        ("/v1/users/abc/interests", "user_id"),
+    ],
+)
+def test_bad_queries_get_a_clear_422(home, url, message):
+    paths, _ = home
+    with _client(paths) as client:
+        response = client.get(url)
+    assert response.status_code == 422
+    assert message in response.json()["error"]
+
+
+def test_outcomes_per_event_duplicates_out_of_order_and_unknown_items(home):
+    paths, events = home
+    user = int(events.user_id.iloc[2])
+    known = int(events.item_id.iloc[0])
+    late = _last_time(events, user) + timedelta(minutes=1)
+    early = _last_time(events, user) - timedelta(hours=3)
+    batch = [
+        {"user_id": user, "item_id": known, "behavior": "cart", "event_time": str(late)},
+        {"user_id": user, "item_id": known, "behavior": "cart", "event_time": str(late)},
+        {"user_id": user, "item_id": known, "behavior": "pv", "event_time": str(early)},
+        {"user_id": user, "item_id": 10**9, "behavior": "view"},
+        {"user_id": user, "item_id": 10**9 + 1, "behavior": "view", "category_id": 77},
+    ]
+    with _client(paths) as client:
+        body = client.post("/v1/events", json={"events": batch}).json()
+    outcomes = [r["outcome"] for r in body["results"]]
+    assert outcomes == ["applied", "duplicate", "applied", "quarantined", "applied"]
+    assert "unknown item" in body["results"][3]["reason"]
+    assert body["accepted"] == 4
+    stored = _service_events(paths)  # drained on shutdown, duplicates once
+    assert len(stored) == 3 and set(stored.behavior) == {"cart", "view"}
+
+
+def test_interests_and_migrations(home):
+    paths, events = home
+    known = int(events.user_id.iloc[3])
+    want = F.online_features(paths, known, store=F.feature_store(paths))
+    user = 900_002
+    old, new = _categories_by_size(events)[:2]
+    start = events.event_time.max().to_pydatetime()
+    with _client(paths) as client:
+        body = client.get(f"/v1/users/{known}/interests").json()
+        assert [c["category_id"] for c in body["short"]] == want[
+            "user_interest_short__top_categories_short"
+        ]
+        assert sum(c["share"] for c in body["short"]) == pytest.approx(1.0)
+        assert body["shift"]["js_divergence"] == pytest.approx(
+            want["user_interest_shift__js_divergence"]
+        )
+        assert client.get("/v1/users/987654321/interests").status_code == 404
+        # Two days later, two purchases in a new category flip the short-horizon top
+        # (2 x 4 > 10 x 1/4) but not the long one (10 x 2^(-2/14) > 8): an online migration.
+        _post_history(client, events, user, old, start)
+        buys = events[events.category_id == new].drop_duplicates("item_id").item_id.head(2)
+        batch = [
+            {
+                "user_id": user,
+                "item_id": int(item),
+                "behavior": "buy",
+                "event_time": str(start + timedelta(days=2, minutes=i)),
+            }
+            for i, item in enumerate(buys)
+        ]
+        posted = client.post(
+            "/v1/events", params={"return_recommendations": "true"}, json={"events": batch}
+        ).json()
+        after = client.get(f"/v1/users/{user}/interests").json()
+    assert after["short"][0]["category_id"] == new
+    assert after["long"][0]["category_id"] == old
+    online = [m for m in after["migrations"] if m["origin"] == "online"]
+    assert [(m["from_category_id"], m["to_category_id"]) for m in online] == [(old, new)]
+    recs = posted["recommendations"][0]
+    assert recs["migration"] == {"from_category_id": old, "to_category_id": new, "origin": "online"}
+    reasons = {i["reason"] for i in recs["items"] if i["category_id"] == new}
+    assert f"you moved from category {old} to {new} this week" in reasons
+
+
+def test_health_readiness_and_docs(home):
+    paths, _ = home
+    with _client(paths) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["model"].startswith("degraded: no model")
+        assert ready.json()["catalogue"].startswith("loaded: ")
+        schema = client.get("/openapi.json").json()
+        assert {"/v1/events", "/v1/users/{user_id}/recommendations"} <= set(schema["paths"])
+        assert "EventIn" in schema["components"]["schemas"]
+        assert client.get("/docs").status_code == 200
+
+
+def test_missing_home_fails_clearly(tmp_path):
+    with pytest.raises(ServingError, match="warehouse.duckdb is missing"):
+        create_app(ServiceSettings(paths=resolve_home(tmp_path)))
+
+
+def test_ann_source_plugs_in(home):
+    """An injected query function + index: its items come back as "ann" candidates."""
+    paths, events = home
+    catalogue = load_catalogue(paths, lock_timeout_s=5)
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((len(catalogue), 8)).astype(np.float32)
+    query = RecentItemsQuery(catalogue.item_ids, embeddings, ServiceSettings(paths).features)
+    ann = AnnSource(query, ExactIndex(catalogue.item_ids, embeddings), catalogue)
+    user = int(events.user_id.iloc[0])
+    settings = ServiceSettings(paths=paths, drain_interval_s=3600.0)
+    with TestClient(create_app(settings, ann=ann, catalogue=catalogue)) as client:
+        assert client.get("/readyz").json()["model"].startswith("loaded: ExactIndex")
+        items = client.get(f"/v1/users/{user}/recommendations", params={"k": 50}).json()["items"]
+    assert "ann" in {s for i in items for s in i["sources"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the service exited during startup"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the service did not become ready")
+
+
+def test_acknowledged_events_survive_a_crash(home):
+    """kill -9 right after the acknowledgements: the events are in the inbox, and the next start
+    replays them into the online state and drains them into the warehouse."""
+    paths, events = home
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "recsys.cli",
+            "serve",
+            "--home",
+            str(paths.home),
+            "--port",
+            str(port),
+            "--drain-interval",
+            "3600",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_ready(url, process)
+        user = 555_000
+        item = int(events.item_id.iloc[0])
+        base = events.event_time.max().to_pydatetime()
+        for i in range(5):
+            stamp = str(base + timedelta(seconds=i))
+            ack = httpx.post(
+                f"{url}/v1/events",
+                json={"user_id": user, "item_id": item, "behavior": "view", "event_time": stamp},
+            )
+            assert ack.json()["results"][0]["outcome"] == "applied"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert len(EventInbox(paths.home / "serving" / "inbox.db")) == 5
+    assert _service_events(paths).empty
+    (paths.feast / "online_state.db").unlink()  # as if the updater never saw them
+    with _client(paths) as client:
+        interests = client.get(f"/v1/users/{user}/interests").json()
+        assert interests["short"][0]["score"] == pytest.approx(5.0, abs=1e-3)
+        assert client.get("/readyz").json()["inbox"]["pending"] == 0
+    assert len(_service_events(paths)) == 5
+
+
+ANALYST = textwrap.dedent(
+    """
+    import sys, duckdb
+    from recsys.config import resolve_home
+    from recsys.writeback import open_for_read
+    paths, n = resolve_home(sys.argv[1]), int(sys.argv[2])
+    for _ in range(n):
+        with open_for_read(paths, lock_timeout_s=30) as con:
+            con.execute("select count(*) from latest_recommendations").fetchone()
+            con.execute("select count(*) from events").fetchone()
+    print("ok")
+    """
+)
+
+
+def test_analysts_read_while_events_are_posted(home):
+    """A second process keeps opening the warehouse read-only while the service drains posted
+    events into it every 20 ms: both go on, and every event arrives."""
+    paths, events = home
+    write_run(
+        paths,
+        pl.DataFrame(
+            {
+                "user_id": [1],
+                "rank": [1],
+                "item_id": [2],
+                "score": [0.5],
+                "category_id": [3],
+                "source": ["popular"],
+                "reason": ["popular right now"],
+            }
+        ),
+        model_version="test",
+        features_as_of=events.event_time.max().to_pydatetime(),
+        metrics={},
+    )
+    analyst = subprocess.Popen(
+        [sys.executable, "-c", ANALYST, str(paths.home), "150"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    item = int(events.item_id.iloc[0])
+    base = events.event_time.max().to_pydatetime()
+    with _client(paths, drain_interval_s=0.02, lock_timeout_s=30.0) as client:
+        for i in range(60):
+            event = {
+                "user_id": 777_000 + i % 3,
+                "item_id": item,
+                "behavior": "view",
+                "event_time": str(base + timedelta(seconds=i)),
+            }
+            assert client.post("/v1/events", json=event).status_code == 200
+    out, err = analyst.communicate(timeout=120)
+    assert analyst.returncode == 0, err
+    assert out.strip() == "ok"
+    assert len(_service_events(paths)) == 60
