@@ -222,6 +222,9 @@ def evaluate(
         datetime | None,
         typer.Option(formats=["%Y-%m-%d"], help="Test day (default: the last day of data)."),
     ] = None,
+    baselines_only: Annotated[
+        bool, typer.Option("--baselines-only", help="Skip the learned interest model.")
+    ] = False,
     home: HomeOption = None,
 ) -> None:
     """Score every model and baseline on a global time split; write metrics.json and plots."""
@@ -234,9 +237,118 @@ def evaluate(
         if events is not None:
             console.print(ingest_file(paths, events, fmt=format).summary())
         config = EvaluationConfig(tz=tz, test_day=test_day.date() if test_day else None)
-        run_evaluation(paths, config=config, console=console)
+        models = {}
+        if not baselines_only:
+            from recsys.learned.model import InterestModel
+
+            models["interest_model"] = InterestModel
+        run_evaluation(paths, config=config, models=models, console=console)
     except (IngestError, EvaluationError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    drain_interval: Annotated[
+        float, typer.Option(help="Seconds between moves of posted events into the warehouse.")
+    ] = 1.0,
+    home: HomeOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Run the HTTP recommendation service (uvicorn; OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from recsys.serving.app import create_app
+    from recsys.serving.settings import ServiceSettings, ServingError
+
+    settings = ServiceSettings(
+        paths=resolve_home(home),
+        online=_online_store(redis_url),
+        drain_interval_s=drain_interval,
+    )
+    try:
+        service = create_app(settings)
+    except ServingError as exc:
+        raise fail(str(exc)) from None
+    uvicorn.run(service, host=host, port=port, loop="uvloop", http="httptools", access_log=False)
+
+
+@app.command()
+def train(home: HomeOption = None) -> None:
+    """Train the interest model on all events of the home; save it under HOME/models/<version>,
+    write the embedding feature files and materialise them when the store is applied."""
+    from recsys.learned.data import LearnedModelError
+    from recsys.learned.training import train_home
+
+    try:
+        report = train_home(resolve_home(home), console=console)
+    except (LearnedModelError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    console.print(report.summary(), highlight=False)
+
+
+@app.command()
+def score(
+    k: Annotated[int, typer.Option(help="Recommendations per user (1..1000).")] = 50,
+    retention: Annotated[int, typer.Option(help="Complete runs to keep.")] = 5,
+    home: HomeOption = None,
+) -> None:
+    """Top-k for every known user from the newest model, written back as a run."""
+    from recsys.score import ScoreError, score_all
+    from recsys.writeback import WarehouseBusyError, WritebackError
+
+    try:
+        report = score_all(resolve_home(home), k=k, retention=retention, console=console)
+    except (ScoreError, WritebackError, WarehouseBusyError) as exc:
+        raise fail(str(exc)) from None
+    run = report.run
+    console.print(
+        f"run {run.run_id} ({run.model_version}): {run.n_rows:,} rows for {run.n_users:,} users; "
+        f"by source {run.counts}; pruned runs {list(report.pruned_run_ids)}"
+    )
+
+
+@app.command()
+def pipeline(
+    events: Annotated[
+        Path | None, typer.Option(help="Event file (default: the built-in simulator).")
+    ] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="Format of --events.")] = "csv",
+    config: Annotated[
+        Path | None, typer.Option(help="Run configuration, e.g. pipelines/taobao.toml.")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option("--from", help="Start at this step (earlier ones are kept).")
+    ] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Run only this step (repeatable).")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Raw events to written-back recommendations: ingest, build, features, train, evaluate,
+    score."""
+    from dataclasses import replace
+
+    from recsys.pipeline import (
+        STEPS,
+        PipelineConfig,
+        PipelineError,
+        print_closing_summary,
+        run_pipeline,
+    )
+
+    paths = resolve_home(home)
+    try:
+        settings = PipelineConfig.from_toml(config) if config else PipelineConfig()
+        if events is not None:
+            settings = replace(settings, events=events.resolve(), format=format)
+        if start is not None and start not in STEPS:
+            raise PipelineError(f"--from {start}: steps are {', '.join(STEPS)}")
+        chosen = tuple(only) if only else STEPS[STEPS.index(start) :] if start else STEPS
+        run_pipeline(paths, settings, only=chosen, console=console)
+    except PipelineError as exc:
+        raise fail(str(exc)) from None
+    print_closing_summary(paths, console)
 
 
 if __name__ == "__main__":

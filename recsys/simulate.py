@@ -148,7 +148,7 @@ class Simulation:
     """A simulated log and its ground truth.
 
     ``events``: user_id, item_id, category_id (Int64), behavior (Utf8), event_time (Datetime us,
-    UTC-naive), session_id (Utf8), sorted by (user_id, event_time).
+    UTC-naive, within [start, start + days)), session_id (Utf8), sorted by (user_id, event_time).
     ``migrations``: user_id, from_category_id, to_category_id (Int64), migrated_at (Datetime us):
     one row per planted jump; ``to_category_id`` has no event of the user before ``migrated_at``
     and gets every fresh view of the user's next 24 hours; ``from_category_id`` is the user's top
@@ -614,7 +614,12 @@ def simulate(config: SimulationConfig) -> Simulation:
         rng.permutation(catalog.category_p.size).astype(np.int64) + 1,
         catalog.item_category,
     )
-    events = _events_frame(config, sessions, views, item, funnel, ids)
+    # Sessions and funnels that run past midnight of the last day are cut at the horizon, so
+    # the last simulated day is as full as the others (a last-day split tests a whole day).
+    horizon = config.start + timedelta(days=config.days)
+    events = _events_frame(config, sessions, views, item, funnel, ids).filter(
+        pl.col("event_time") < horizon
+    )
     return Simulation(events, _migrations_frame(config, jumps, ids[1], events))
 
 

@@ -1,0 +1,82 @@
+"""``recsys train``: fit the interest model on a home's whole warehouse and publish it.
+
+Outputs: ``HOME/models/interest_v1-<UTC timestamp>/`` (see ``InterestModel.save``), the GNN
+embeddings as ``HOME/features/{user,item}_embeddings.parquet`` (stamped with the as-of time, read
+by the Feast embedding views) and, when the home's feature store is applied, their
+materialisation into the online store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from rich.console import Console
+
+from recsys.config import Paths
+from recsys.learned.data import LearnedModelError, write_embeddings
+from recsys.learned.model import MODEL_NAME, InterestConfig, InterestModel
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    version: str
+    model_dir: Path
+    as_of: datetime
+    events: int
+    embedding_files: tuple[Path, ...]
+    materialized: bool
+    seconds: float
+
+    def summary(self) -> str:
+        files = ", ".join(str(p) for p in self.embedding_files)
+        online = "materialised" if self.materialized else "not materialised (store not applied)"
+        return (
+            f"trained {self.version} on {self.events:,} events as of {self.as_of} in "
+            f"{self.seconds:.0f}s\nmodel: {self.model_dir}\nembeddings: {files} ({online})"
+        )
+
+
+def model_version(now: datetime | None = None) -> str:
+    """``interest_v1-<UTC timestamp>``, sortable by training time."""
+    return f"{MODEL_NAME}-{(now or datetime.now(UTC)):%Y%m%dT%H%M%SZ}"
+
+
+def train_home(
+    paths: Paths, *, config: InterestConfig | None = None, console: Console | None = None
+) -> TrainReport:
+    """Fit on every event of the home (as of just after the last one) and publish (module doc)."""
+    from recsys.evaluate import load_events
+    from recsys.features import materialize
+
+    events = load_events(paths)
+    if events.is_empty():
+        raise LearnedModelError(f"the warehouse at {paths.warehouse} has no events to train on")
+    as_of = events["event_time"].max() + timedelta(microseconds=1)
+    model = InterestModel(config).fit(events, as_of)
+    version = model_version()
+    model_dir = model.save(paths.models / version)
+    retriever = model.retriever_
+    user_ids, users = retriever.graph_users
+    graph = retriever.graph[as_of]
+    written = (
+        write_embeddings(paths.features, kind="user", ids=user_ids, embeddings=users, as_of=as_of),
+        write_embeddings(
+            paths.features, kind="item", ids=graph.item_ids, embeddings=graph.item, as_of=as_of
+        ),
+    )
+    applied = (paths.feast / "registry.db").exists()
+    if applied:
+        if console:
+            console.log("materialising the embedding views")
+        materialize(paths)
+    return TrainReport(
+        version=version,
+        model_dir=model_dir,
+        as_of=as_of,
+        events=events.height,
+        embedding_files=written,
+        materialized=applied,
+        seconds=model.fit_seconds_,
+    )

@@ -1,0 +1,176 @@
+"""The learned interest model: protocol, no leakage, point-in-time training rows, save/load,
+write-back frame and a win over popularity on simulated interest shifts.
+
+One small simulation is fitted once per module (TensorFlow training dominates the run time).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from recsys.learned import data as learned_data  # noqa: E402
+from recsys.learned.model import InterestModel  # noqa: E402
+from recsys.simulate import SimulationConfig, simulate  # noqa: E402
+from recsys.writeback import SOURCES  # noqa: E402
+
+K = 20
+
+
+@pytest.fixture(scope="module")
+def events() -> pl.DataFrame:
+    return simulate(SimulationConfig(users=200, items=1000, days=8, seed=3)).events
+
+
+@pytest.fixture(scope="module")
+def as_of(events: pl.DataFrame) -> datetime:
+    last = events["event_time"].max()
+    return last.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(events, as_of):
+    """The model fitted on ALL events (later ones included) and what its warehouse held."""
+    seen: list[tuple[int, datetime]] = []
+    original = learned_data.load_events
+
+    def spy(paths, frame):
+        rows = original(paths, frame)
+        con = learned_data.connect(paths, read_only=True)
+        seen.append(con.execute("select count(*), max(event_time) from events").fetchone())
+        con.close()
+        return rows
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(learned_data, "load_events", spy)
+        model = InterestModel().fit(events, as_of)
+    return model, seen
+
+
+def test_private_warehouse_holds_only_events_before_as_of(fitted, events, as_of):
+    _, seen = fitted
+    expected = events.filter(pl.col("event_time") < as_of)
+    assert seen == [(expected.height, expected["event_time"].max())]
+    assert events["event_time"].max() >= as_of  # the input did hold later events
+
+
+def test_recommend_shape_and_validity(fitted, events, as_of):
+    model, _ = fitted
+    train = events.filter(pl.col("event_time") < as_of)
+    users = np.unique(train["user_id"].to_numpy())[:50]
+    recs = model.recommend(users, K)
+    assert recs.shape == (len(users), K) and recs.dtype == np.int64
+    assert (recs >= 0).all()
+    assert np.isin(recs, train["item_id"].unique().to_numpy()).all()
+    assert all(len(set(row)) == K for row in recs.tolist())
+
+
+def test_training_rows_are_point_in_time(fitted, events):
+    model, _ = fitted
+    examples = model.retriever_.examples
+    assert examples.height > 100
+    assert (examples["event_timestamp"] <= examples["label_time"]).all()
+    # Oracle: the first item of the joined recent sequence is an item of the user's last event
+    # strictly before the feature snapshot.
+    last = (
+        examples.select("user_id", "event_timestamp")
+        .unique()
+        .join(events.select("user_id", "item_id", "event_time"), on="user_id")
+        .filter(pl.col("event_time") < pl.col("event_timestamp"))
+        .filter(
+            pl.col("event_time") == pl.col("event_time").max().over("user_id", "event_timestamp")
+        )
+        .group_by("user_id", "event_timestamp")
+        .agg(pl.col("item_id").alias("last_items"))
+    )
+    checked = examples.join(last, on=["user_id", "event_timestamp"])
+    assert checked.height == examples.height
+    assert all(
+        item in items for item, items in checked.select("last_seq_item", "last_items").iter_rows()
+    )
+
+
+def test_save_load_round_trip(fitted, events, as_of, tmp_path):
+    model, _ = fitted
+    users = np.unique(events.filter(pl.col("event_time") < as_of)["user_id"].to_numpy())
+    saved = model.save(tmp_path / "models" / "interest_v1-test")
+    assert (saved / "manifest.json").exists() and (saved / "query_tower").is_dir()
+    assert not [p for p in saved.parent.iterdir() if p.name.startswith(".")]
+    loaded = InterestModel.load(saved)
+    np.testing.assert_array_equal(loaded.recommend(users, K), model.recommend(users, K))
+
+
+def test_load_rejects_a_folder_without_manifest(tmp_path):
+    with pytest.raises(learned_data.LearnedModelError, match="manifest"):
+        InterestModel.load(tmp_path)
+
+
+def test_recommend_frame_schema_sources_and_reasons(fitted, events, as_of):
+    model, _ = fitted
+    users = np.unique(events.filter(pl.col("event_time") < as_of)["user_id"].to_numpy())[:40]
+    frame = model.recommend_frame(users, K)
+    assert frame.columns == [
+        "user_id",
+        "rank",
+        "item_id",
+        "score",
+        "category_id",
+        "source",
+        "reason",
+    ]
+    assert frame.height == len(users) * K
+    np.testing.assert_array_equal(
+        frame.sort("user_id", "rank")["item_id"].to_numpy().reshape(len(users), K),
+        model.recommend(users, K),
+    )
+    assert set(frame["source"].unique()) <= set(SOURCES)
+    assert frame["reason"].str.len_chars().min() > 0
+    # "repeat" means the user touched the item before as_of.
+    touched = events.filter(pl.col("event_time") < as_of).select("user_id", "item_id").unique()
+    repeats = frame.filter(pl.col("source") == "repeat")
+    assert repeats.height and repeats.join(touched, on=["user_id", "item_id"]).height == (
+        repeats.height
+    )
+    assert frame.filter(pl.col("source") == "ann").height > 0
+
+
+def test_migrated_users_get_a_migration_reason(fitted):
+    model, _ = fitted
+    migrated = model.migrations_
+    if migrated.is_empty():
+        pytest.skip("no migration detected in the week before as_of in this simulation")
+    frame = model.recommend_frame(migrated["user_id"].to_numpy(), K).join(migrated, on="user_id")
+    new_category = frame.filter(pl.col("category_id") == pl.col("to_category_id"))
+    assert new_category.height
+    assert new_category["reason"].str.contains("you moved from").all()
+
+
+def test_beats_popularity_on_shift_users(tmp_path):
+    from recsys.config import Paths
+    from recsys.evaluate import EvaluationConfig, run_evaluation
+    from recsys.learned.data import load_events
+
+    paths = Paths(tmp_path / "home")
+    sim = simulate(SimulationConfig(users=300, items=1000, days=8, seed=5))
+    load_events(paths, sim.events)
+    run = run_evaluation(paths, config=EvaluationConfig(), models={"interest_model": InterestModel})
+    scores = run.results.filter(
+        (pl.col("group") == "shift") & (pl.col("metric") == "ndcg") & (pl.col("k") == 20)
+    )
+    by_model = dict(zip(scores["model"], scores["value"], strict=True))
+    assert by_model["interest_model"] > by_model["popularity"] + 0.02
+
+
+def test_snapshot_schedule_steps_back_from_as_of():
+    as_of = datetime(2026, 1, 5, 16)
+    day = timedelta(days=1)
+    assert learned_data.snapshot_schedule(datetime(2026, 1, 3, 10), as_of, day) == [
+        datetime(2026, 1, 3, 16),
+        datetime(2026, 1, 4, 16),
+        as_of,
+    ]
