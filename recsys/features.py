@@ -35,6 +35,7 @@ import pandas as pd
 from feast import FeatureStore, RepoConfig
 from feast.feature_view import FeatureView
 
+from recsys import online_store
 from recsys.config import Paths
 
 # Feast installs its own warning filters on import; ours must come after it.
@@ -241,12 +242,19 @@ def _source_path(view: FeatureView) -> Path:
     return Path(view.batch_source.path)
 
 
-def materialize(paths: Paths, *, online: OnlineStoreSettings = SQLITE) -> MaterializationReport:
+def materialize(
+    paths: Paths, *, online: OnlineStoreSettings = SQLITE, fast: bool = True
+) -> MaterializationReport:
     """Load the latest export row of every entity into the online store.
 
     The window is the data's own time range (min..max ``event_timestamp`` of the exports), not
     the wall clock: historical logs (Taobao is from 2017) would otherwise load nothing. Raises
     ``MaterializationError`` when the window holds no rows or the online store stays empty.
+
+    ``fast`` (default) reads each view's latest rows with one DuckDB query and writes them all
+    in one transaction / pipeline (``recsys.online_store``), the same rows Feast writes, then
+    records the interval in the registry as ``FeatureStore.materialize`` does. ``fast=False``
+    (or a store setting the direct writer does not reproduce) runs ``FeatureStore.materialize``.
     """
     apply(paths, online=online)
     store = feature_store(paths, online)
@@ -254,47 +262,122 @@ def materialize(paths: Paths, *, online: OnlineStoreSettings = SQLITE) -> Materi
     views = [
         view for view in store.list_feature_views() if view.online and _source_path(view).exists()
     ]
+    writer = online_store.online_writer(store) if fast and _bulk_loadable(views) else None
+    began = time.perf_counter()
+    if writer is None:
+        rows = _feast_materialize(store, views, start, end, paths)
+    else:
+        try:
+            rows = _bulk_materialize(store, writer, views, start, end, paths)
+        finally:
+            writer.close()
+    seconds = time.perf_counter() - began
+    _check_materialized(store, views, rows)
+    return MaterializationReport(start=start, end=end, rows=rows, seconds=seconds)
+
+
+def _no_rows(start: datetime, end: datetime, paths: Paths) -> MaterializationError:
+    return MaterializationError(
+        f"0 rows to materialise between {start} and {end} in {paths.features}"
+    )
+
+
+def _feast_materialize(
+    store: FeatureStore, views: list[FeatureView], start: datetime, end: datetime, paths: Paths
+) -> dict[str, int]:
     rows = {view.name: _entities_in_range(view, _source_path(view), start, end) for view in views}
     if not any(rows.values()):
-        raise MaterializationError(
-            f"0 rows to materialise between {start} and {end} in {paths.features}"
-        )
-    began = time.perf_counter()
+        raise _no_rows(start, end, paths)
     with _quiet():
         store.materialize(
             start_date=start.replace(tzinfo=UTC),
             end_date=end.replace(tzinfo=UTC),
             feature_views=[view.name for view in views if rows[view.name]],
         )
-    seconds = time.perf_counter() - began
-    _check_materialized(store, views, rows)
-    return MaterializationReport(start=start, end=end, rows=rows, seconds=seconds)
+    return rows
+
+
+def _bulk_loadable(views: Sequence[FeatureView]) -> bool:
+    """Views whose rows the bulk path reads exactly as Feast's offline pull does."""
+    return all(
+        isinstance(view.batch_source, feast.FileSource)
+        and not view.batch_source.field_mapping
+        and not view.batch_source.created_timestamp_column
+        and len(view.entity_columns) == 1
+        for view in views
+    )
+
+
+def _bulk_materialize(
+    store: FeatureStore,
+    writer: online_store.OnlineWriter,
+    views: list[FeatureView],
+    start: datetime,
+    end: datetime,
+    paths: Paths,
+) -> dict[str, int]:
+    """Write every view's latest rows in one go; record the interval as Feast does."""
+    con = duckdb.connect()
+    batches = [_latest_rows(con, view, start, end) for view in views]
+    rows = {batch.view.name: len(batch) for batch in batches}
+    if not any(rows.values()):
+        raise _no_rows(start, end, paths)
+    writer.write([batch for batch in batches if len(batch)])
+    for view in views:
+        if rows[view.name]:
+            store.registry.apply_materialization(
+                view,
+                store.project,
+                start.replace(tzinfo=UTC),
+                end.replace(tzinfo=UTC),
+                commit=False,
+            )
+    store.registry.commit()
+    return rows
+
+
+def _latest_rows(
+    con: duckdb.DuckDBPyConnection, view: FeatureView, start: datetime, end: datetime
+) -> online_store.ViewRows:
+    """The view's latest export row per entity stamped within [start, end], encoded.
+
+    Feast's offline pull keeps rows with start <= timestamp <= end, then the newest per key.
+    """
+    key, _ = online_store.join_key(view)
+    stamp = view.batch_source.timestamp_field
+    columns = ", ".join(f'"{name}"' for name in [key, stamp, *(f.name for f in view.features)])
+    try:
+        table = con.sql(
+            f'select {columns} from read_parquet($path) where "{stamp}" between $start and $end '
+            f'and "{key}" is not null qualify row_number() over '
+            f'(partition by "{key}" order by "{stamp}" desc) = 1',
+            params={"path": str(_source_path(view)), "start": start, "end": end},
+        ).to_arrow_table()
+    except duckdb.Error as exc:
+        message = str(exc).splitlines()[0]
+        raise MaterializationError(f"cannot read {view.name}'s rows: {message}") from None
+    return online_store.encode_table(view, table, stamp)
 
 
 def _check_materialized(store: FeatureStore, views: Sequence[FeatureView], rows: dict) -> None:
     """Read one entity of every materialised view back; fail loudly if it is not there."""
+    con = duckdb.connect()
     for view in views:
         if not rows[view.name]:
             continue
-        keys = [c.name for c in view.entity_columns]
-        sample = (
-            duckdb.connect()
-            .execute(
-                f"select {', '.join(keys)} from read_parquet(?) order by event_timestamp desc "
-                "limit 1",
-                [str(_source_path(view))],
-            )
-            .fetchdf()
-            .to_dict("records")
-        )
+        (key,) = [c.name for c in view.entity_columns]
+        (sample,) = con.execute(
+            f'select arg_max("{key}", event_timestamp) from read_parquet(?)',
+            [str(_source_path(view))],
+        ).fetchone()
         feature = view.features[0].name
         got = store.get_online_features(
-            features=[f"{view.name}:{feature}"], entity_rows=sample
+            features=[f"{view.name}:{feature}"], entity_rows=[{key: sample}]
         ).to_dict()
         if got[feature][0] is None:
             raise MaterializationError(
                 f"materialisation reported success but {view.name} has no online row for "
-                f"{sample[0]}"
+                f"{ {key: sample} }"
             )
 
 
@@ -303,6 +386,26 @@ def _is_materialized(store: FeatureStore, service: feast.FeatureService) -> bool
     return any(
         view.materialization_intervals for view in store.list_feature_views() if view.name in names
     )
+
+
+def _missing_user(
+    store: FeatureStore, service: feast.FeatureService, paths: Paths, user_id: int
+) -> FeatureStoreError:
+    if not _is_materialized(store, service):
+        return NotMaterialized(
+            f"the online store of {paths.home} is empty: run `recsys features materialize`"
+        )
+    return UnknownUser(f"no online features for user {user_id}")
+
+
+def _feature_service(store: FeatureStore, service: str, paths: Paths) -> feast.FeatureService:
+    try:
+        return store.get_feature_service(service)
+    except feast.errors.FeatureServiceNotFoundException:
+        raise NotMaterialized(
+            f"no feature service {service!r} in {paths.feast}: run `recsys features apply` "
+            "and `recsys features materialize` first"
+        ) from None
 
 
 def online_features(
@@ -315,17 +418,12 @@ def online_features(
 ) -> dict[str, Any]:
     """The user's current features from the online store, as ``{"<view>__<feature>": value}``.
 
-    Raises ``NotMaterialized`` before the first materialisation, ``UnknownUser`` when the store
-    holds nothing for the user.
+    Goes through ``FeatureStore.get_online_features`` (the reference path; ``OnlineReader`` is
+    the fast one). Raises ``NotMaterialized`` before the first materialisation, ``UnknownUser``
+    when the store holds nothing for the user.
     """
     store = store or feature_store(paths, online)
-    try:
-        feature_service = store.get_feature_service(service)
-    except feast.errors.FeatureServiceNotFoundException:
-        raise NotMaterialized(
-            f"no feature service {service!r} in {paths.feast}: run `recsys features apply` "
-            "and `recsys features materialize` first"
-        ) from None
+    feature_service = _feature_service(store, service, paths)
     values = store.get_online_features(
         features=feature_service,
         entity_rows=[{"user_id": int(user_id)}],
@@ -333,12 +431,80 @@ def online_features(
     ).to_dict()
     row = {name: column[0] for name, column in values.items()}
     if all(value is None for name, value in row.items() if name != "user_id"):
-        if not _is_materialized(store, feature_service):
-            raise NotMaterialized(
-                f"the online store of {paths.home} is empty: run `recsys features materialize`"
-            )
-        raise UnknownUser(f"no online features for user {user_id}")
+        raise _missing_user(store, feature_service, paths, user_id)
     return row
+
+
+class OnlineReader:
+    """Fast reads of one user's features of a feature service, for serving.
+
+    Resolves the service's views once and reads the user's stored values of all of them in one
+    SQLite query or one Redis ``HMGET`` (``recsys.online_store``; other stores through the
+    provider's ``online_read``). ``read_user`` returns exactly what ``online_features`` returns
+    and raises the same errors. Reuse one reader (and its ``FeatureStore``) per process; it is
+    safe to call from several threads.
+    """
+
+    def __init__(
+        self,
+        paths: Paths,
+        *,
+        service: str = PROFILE_SERVICE,
+        online: OnlineStoreSettings = SQLITE,
+        store: FeatureStore | None = None,
+    ) -> None:
+        from feast.type_map import feast_value_type_to_python_type
+
+        self.paths = paths
+        self.store = store or feature_store(paths, online)
+        self.service = _feature_service(self.store, service, paths)
+        projections = self.service.feature_view_projections
+        self.views = [self.store.get_feature_view(p.name) for p in projections]
+        keys = {online_store.join_key(view) for view in self.views}
+        if len(keys) != 1:
+            raise FeatureStoreError(f"service {service!r} is not keyed by one entity: {keys}")
+        ((self.join_key, self.key_type),) = keys
+        self.columns = [(p.name_to_use(), [f.name for f in p.features]) for p in projections]
+        self.rows = online_store.online_row_reader(self.store, self.views)
+        self.provider = self.store._get_provider()
+        self.to_python = feast_value_type_to_python_type
+
+    def read_user_with_time(self, user_id: int) -> tuple[datetime, dict[str, Any]]:
+        """The newest stored row time (naive UTC) and ``read_user``'s dict."""
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        (key,) = online_store.entity_keys(self.join_key, self.key_type, [int(user_id)])
+        stored = self._read(key, int(user_id))
+        row: dict[str, Any] = {self.join_key: int(user_id)}
+        stamps = []
+        for (name, features), (stamp, values) in zip(self.columns, stored, strict=True):
+            if stamp is not None and values:
+                stamps.append(stamp)
+            for feature in features:
+                raw = values.get(feature)
+                row[f"{name}__{feature}"] = (
+                    None if not raw else self.to_python(Value.FromString(raw))
+                )
+        if not stamps or all(v is None for k, v in row.items() if k != self.join_key):
+            raise _missing_user(self.store, self.service, self.paths, user_id)
+        return max(stamps).astimezone(UTC).replace(tzinfo=None), row
+
+    def read_user(self, user_id: int) -> dict[str, Any]:
+        """``{"user_id": id, "<view>__<feature>": value}``, as ``online_features``."""
+        return self.read_user_with_time(user_id)[1]
+
+    def _read(self, key: bytes, user_id: int) -> list[tuple[datetime | None, dict[str, bytes]]]:
+        if self.rows is not None:
+            return self.rows.read(key)
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+
+        (value,) = online_store.python_values_to_proto_values([user_id], self.key_type)
+        entity = EntityKey(join_keys=[self.join_key], entity_values=[value])
+        out = []
+        for view in self.views:
+            [(stamp, values)] = self.provider.online_read(self.store.config, view, [entity])
+            out.append((stamp, {k: v.SerializeToString() for k, v in (values or {}).items()}))
+        return out
 
 
 def historical_features(
@@ -386,6 +552,7 @@ __all__ = [
     "MaterializationError",
     "MaterializationReport",
     "NotMaterialized",
+    "OnlineReader",
     "OnlineStoreSettings",
     "UnknownUser",
     "apply",

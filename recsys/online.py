@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -374,31 +374,52 @@ def sequence_row(recent: list[tuple[int, int, str, int]], as_of_us: int) -> dict
 
 
 class FeastPushWriter:
-    """Online-only writes of push-source rows, without re-reading the registry per event.
+    """Online-only writes of one event's push-source rows, all views in one transaction.
 
-    ``FeatureStore.push`` resolves the push source's feature views from the registry and
-    converts the frame through pandas/arrow on every call. This writer resolves the views of
-    each push source once and hands the provider ``online_write_batch`` the same
-    (entity key, values, event time) triples that ``push(..., to=PushMode.ONLINE)`` writes.
+    ``FeatureStore.push`` resolves the push source's views from the registry and converts the
+    frame through pandas/arrow on every call, and the provider commits once per view. This
+    writer resolves the views of each push source once, encodes each view's row with Feast's
+    value converter, and writes all of them at once through ``recsys.online_store`` (SQLite:
+    one transaction on a WAL connection it keeps open; Redis: one ``HSET``): the same online
+    rows that ``push(..., to=PushMode.ONLINE)`` writes. Store settings the direct writer does
+    not reproduce go through the provider's ``online_write_batch``, view by view.
     """
 
     def __init__(self, store: Any) -> None:
         from feast.data_source import PushSource
 
+        from recsys import online_store
+
+        self.encode_row = online_store.encode_row
         self.store = store
         self.provider = store._get_provider()
         self.views: dict[str, list[Any]] = {}
         for view in store.list_feature_views():
             if isinstance(view.stream_source, PushSource):
                 self.views.setdefault(view.stream_source.name, []).append(view)
+        self.writer = online_store.online_writer(store)
 
-    def __call__(self, source: str, row: dict[str, Any]) -> None:
+    def __call__(self, rows: Mapping[str, dict[str, Any]]) -> None:
+        unknown = sorted(set(rows) - set(self.views))
+        if unknown:
+            raise KeyError(f"no feature view is fed by push source {unknown[0]!r}")
+        if self.writer is None:
+            for source, row in rows.items():
+                self._write_through_provider(source, row)
+            return
+        self.writer.write(
+            [
+                self.encode_row(view, row)
+                for source, row in rows.items()
+                for view in self.views[source]
+            ]
+        )
+
+    def _write_through_provider(self, source: str, row: dict[str, Any]) -> None:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
         from feast.type_map import python_values_to_proto_values
 
-        if source not in self.views:
-            raise KeyError(f"no feature view is fed by push source {source!r}")
         stamp = row["event_timestamp"].replace(tzinfo=UTC)
         for view in self.views[source]:
             (join_key,) = [c.name for c in view.entity_columns]
@@ -411,6 +432,10 @@ class FeastPushWriter:
                 self.store.config, view, [(key, values, stamp, None)], progress=None
             )
 
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
 
 # Looks an item's category up in the catalogue; None when the item is unknown.
 CategoryLookup = Callable[[int], int | None]
@@ -419,15 +444,15 @@ CategoryLookup = Callable[[int], int | None]
 class OnlineUpdater:
     """Applies events one at a time and pushes the user's fresh rows to the online store.
 
-    ``push(source_name, row)`` writes one push source's row; ``OnlineUpdater.for_store``
-    wires it to ``FeatureStore.push(..., to=PushMode.ONLINE)``.
+    ``push(rows)`` writes one event's rows, keyed by push source name, in one go (one
+    transaction); ``OnlineUpdater.for_store`` wires it to ``FeastPushWriter``.
     """
 
     def __init__(
         self,
         state: UserState,
         *,
-        push: Callable[[str, dict[str, Any]], None],
+        push: Callable[[Mapping[str, dict[str, Any]]], None],
         catalogue: CategoryLookup,
         config: FeatureConfig,
     ) -> None:
@@ -448,17 +473,20 @@ class OnlineUpdater:
         """An updater for a home whose registry holds the push sources (``recsys features
         apply``); the catalogue is the online ``item_stats`` view.
 
-        By default rows go through ``FeastPushWriter`` (the push sources' views, resolved once);
-        ``via_push_api=True`` calls ``FeatureStore.push(..., to=PushMode.ONLINE)`` per source,
-        which writes the same rows but re-reads the registry on every call (~100 ms).
+        By default rows go through ``FeastPushWriter`` (the push sources' views, resolved once;
+        one transaction per event); ``via_push_api=True`` calls
+        ``FeatureStore.push(..., to=PushMode.ONLINE)`` per source, which writes the same rows
+        but re-reads the registry on every call (~100 ms).
         """
         from feast.data_source import PushMode
 
         config = config or FeatureConfig()
+        push: Callable[[Mapping[str, dict[str, Any]]], None]
         if via_push_api:
 
-            def push(source: str, row: dict[str, Any]) -> None:
-                store.push(source, pd.DataFrame([row]), to=PushMode.ONLINE)
+            def push(rows: Mapping[str, dict[str, Any]]) -> None:
+                for source, row in rows.items():
+                    store.push(source, pd.DataFrame([row]), to=PushMode.ONLINE)
 
         else:
             push = FeastPushWriter(store)
@@ -478,6 +506,9 @@ class OnlineUpdater:
 
     def close(self) -> None:
         self.state.close()
+        close_push = getattr(self.push, "close", None)
+        if close_push is not None:
+            close_push()
 
     def apply(self, event: Any) -> UpdateResult:
         """Apply one event; never raises on bad input (it is quarantined with a reason)."""
@@ -490,8 +521,7 @@ class OnlineUpdater:
             return UpdateResult(Outcome.DUPLICATE, reason="already applied")
         as_of_us = self.state.latest_us(event.user_id) + 1
         rows = user_rows(self.state, event.user_id, as_of_us, self.config)
-        for source, row in rows.items():
-            self.push(source, row)
+        self.push(rows)
         return UpdateResult(Outcome.APPLIED, rows=rows)
 
     def apply_all(self, events: Iterable[Any]) -> list[UpdateResult]:

@@ -33,3 +33,52 @@ def simulated_home(
     load_events(paths, events)
     build(paths)
     return events
+
+
+def online_snapshot(paths: Paths, settings, entity_ids: dict[str, list[int]]) -> tuple[dict, dict]:
+    """Everything the online store holds for the given entities: the stored records (SQLite
+    table rows, or Redis hashes) and ``get_online_features`` of every view, per join key."""
+    from feast import ValueType
+
+    from recsys import features as F
+    from recsys import online_store
+
+    store = F.feature_store(paths, settings)
+    views = [v for v in store.list_feature_views() if v.online]
+    online = {}
+    for view in views:
+        key, _ = online_store.join_key(view)
+        if not entity_ids.get(key):
+            continue
+        got = store.get_online_features(
+            features=[f"{view.name}:{f.name}" for f in view.features],
+            entity_rows=[{key: i} for i in entity_ids[key]],
+        ).to_dict()
+        online[view.name] = got
+    stored: dict = {}
+    if settings.kind == "sqlite":
+        import sqlite3
+
+        con = sqlite3.connect(str(paths.feast / "online_store.db"))
+        for (table,) in con.execute("select name from sqlite_master where type = 'table'"):
+            stored[table] = con.execute(f'select * from "{table}" order by 1, 2').fetchall()
+    else:
+        client = store._get_provider().online_store._get_client(store.config.online_store)
+        for key_name, ids in entity_ids.items():
+            for key in online_store.entity_keys(key_name, ValueType.INT64, ids):
+                stored[key] = client.hgetall(key + b"recsys")
+    return stored, online
+
+
+def delete_redis_keys(paths: Paths, settings, entity_ids: dict[str, list[int]]) -> None:
+    """Remove these entities' hashes (only theirs: the Redis database may be shared)."""
+    from feast import ValueType
+
+    from recsys import features as F
+    from recsys import online_store
+
+    store = F.feature_store(paths, settings)
+    client = store._get_provider().online_store._get_client(store.config.online_store)
+    for key_name, ids in entity_ids.items():
+        keys = online_store.entity_keys(key_name, ValueType.INT64, ids)
+        client.delete(*[key + b"recsys" for key in keys])

@@ -13,7 +13,7 @@ import duckdb
 import pandas as pd
 import pytest
 from feast import FeatureView
-from feature_helpers import load_events, simulated_home
+from feature_helpers import delete_redis_keys, load_events, online_snapshot, simulated_home
 
 from recsys import features as F
 from recsys.build import build
@@ -227,6 +227,8 @@ def test_redis_online_store_serves_the_same_rows(built):
     assert report.total_rows > 0
     user = int(_final_rows(paths, "user_interest", "user_id").user_id.iloc[0])
     assert F.online_features(redis_home, user, online=settings) == F.online_features(paths, user)
+    reader = F.OnlineReader(redis_home, online=settings)
+    assert reader.read_user(user) == F.online_features(paths, user)
 
 
 def test_cli_online_prints_json_and_fails_clearly(built):
@@ -247,3 +249,140 @@ def test_cli_online_prints_json_and_fails_clearly(built):
     )
     assert unknown.exit_code == 2
     assert "no online features for user 987654321" in unknown.output
+
+
+def _entity_ids(paths) -> dict[str, list[int]]:
+    con = duckdb.connect()
+
+    def ids(name: str, key: str) -> list[int]:
+        path = str(paths.features / f"{name}.parquet")
+        return [
+            x for (x,) in con.execute(f"select distinct {key} from '{path}' order by 1").fetchall()
+        ]
+
+    # One id of each kind that no export holds: both paths must leave it absent.
+    return {
+        "user_id": ids("user_interest", "user_id") + [987654321],
+        "item_id": ids("item_stats", "item_id") + [987654321],
+    }
+
+
+def _copy_with_embeddings(paths, home):
+    """The built exports plus a user_embeddings export with awkward rows: a null embedding, an
+    empty one, a NaN component, and an older row that the latest one must replace."""
+    target = resolve_home(home)
+    shutil.copytree(paths.features, target.features)
+    users = _entity_ids(paths)["user_id"][:5]
+    stamp = F.export_time_range(paths)[1]
+    frame = pd.DataFrame(
+        {
+            "user_id": users + [users[0]],
+            "event_timestamp": [stamp] * 5 + [stamp - pd.Timedelta(days=1)],
+            "embedding": [[0.5, -1.25], None, [], [float("nan"), 2.0], [1e-3, 3.0], [9.0, 9.0]],
+        }
+    )
+    con = duckdb.connect()
+    con.register("frame", frame)
+    con.execute(
+        f"copy (select user_id, event_timestamp, embedding::float[] as embedding from frame) "
+        f"to '{target.features / 'user_embeddings.parquet'}' (format parquet)"
+    )
+    return target
+
+
+def _assert_same_online_store(feast_home, bulk_home, settings, before_bulk=None):
+    ids = _entity_ids(feast_home)
+    feast_report = F.materialize(feast_home, online=settings, fast=False)
+    feast_stored, feast_online = online_snapshot(feast_home, settings, ids)
+    if before_bulk:
+        before_bulk(ids)
+    bulk_report = F.materialize(bulk_home, online=settings)
+    bulk_stored, bulk_online = online_snapshot(bulk_home, settings, ids)
+    assert bulk_report.rows == feast_report.rows
+    assert bulk_report.rows["user_embedding"] == 5
+    assert sum(len(rows) for rows in feast_stored.values()) > 1000
+    assert bulk_stored == feast_stored
+    assert repr(bulk_online) == repr(feast_online)  # repr: NaN == NaN, types exact
+    intervals = {
+        home: {
+            v.name: v.materialization_intervals
+            for v in F.feature_store(home, settings).list_feature_views()
+        }
+        for home in (feast_home, bulk_home)
+    }
+    assert intervals[bulk_home] == intervals[feast_home]
+    assert len(intervals[bulk_home]["user_embedding"]) == 1
+
+
+def test_bulk_materialize_writes_exactly_what_feast_writes(built, tmp_path):
+    """Feast's own materialisation (fast=False) and the bulk path, same exports, two SQLite
+    stores: identical table rows (keys, value protos, value_text, event_ts), identical
+    get_online_features for every entity and view, identical registry intervals."""
+    paths, _ = built
+    feast_home = _copy_with_embeddings(paths, tmp_path / "feast")
+    bulk_home = _copy_with_embeddings(paths, tmp_path / "bulk")
+    _assert_same_online_store(feast_home, bulk_home, F.SQLITE)
+
+
+@pytest.mark.redis
+def test_bulk_materialize_writes_exactly_what_feast_writes_to_redis(built, tmp_path):
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip("REDIS_URL is not set (start redis-server and export REDIS_URL)")
+    paths, _ = built
+    settings = F.OnlineStoreSettings.redis(url)
+    feast_home = _copy_with_embeddings(paths, tmp_path / "feast")
+    bulk_home = _copy_with_embeddings(paths, tmp_path / "bulk")
+
+    def forget(ids):  # both homes share the database: start the bulk load from nothing
+        delete_redis_keys(feast_home, settings, ids)
+        assert not any(online_snapshot(feast_home, settings, ids)[0].values())
+
+    _assert_same_online_store(feast_home, bulk_home, settings, before_bulk=forget)
+
+
+def test_encode_column_matches_feasts_converter():
+    import pyarrow as pa
+    from feast import ValueType
+    from feast.infra.online_stores.helpers import extract_text_and_num
+    from feast.type_map import python_values_to_proto_values
+
+    from recsys.online_store import encode_column, encode_values
+
+    columns = [
+        (pa.array([0.0, -0.0, 1.5, None, float("nan"), float("inf"), 1e-310]), ValueType.DOUBLE),
+        (pa.array([0, -3, 2**62, None, 7, 7]), ValueType.INT64),
+        (pa.array([True, False, None, True]), ValueType.BOOL),
+        (pa.array(["a", "", None, "é"]), ValueType.STRING),
+        (pa.array([[1, -2], [], None, [2**40]]), ValueType.INT64_LIST),
+        (pa.array([[0.5, float("nan")], [], None]), ValueType.DOUBLE_LIST),
+        (pa.array([["view", ""], [], None]), ValueType.STRING_LIST),
+        (pa.array([[1.25, -2.0], None], type=pa.list_(pa.float32())), ValueType.FLOAT_LIST),
+        (pa.array([0.1, None], type=pa.float32()), ValueType.FLOAT),  # Feast's converter
+        (pa.array([[0.5, None], None], type=pa.list_(pa.float32())), ValueType.FLOAT_LIST),
+    ]
+    for column, value_type in columns:
+        want = python_values_to_proto_values(column.to_numpy(zero_copy_only=False), value_type)
+        values, texts = encode_column(column, value_type)
+        assert values == [p.SerializeToString() for p in want], value_type
+        assert texts == [extract_text_and_num(p, False)[0] for p in want], value_type
+        if column.type.num_fields == 0 or column.values.null_count == 0:
+            # Pushed rows are Python values (no null items): the same bytes from them.
+            assert encode_values(column.to_pylist(), value_type) == (values, texts), value_type
+
+
+def test_online_reader_reads_what_online_features_reads(built, tmp_path):
+    paths, _ = built
+    reader = F.OnlineReader(paths)
+    users = _entity_ids(paths)["user_id"][:-1]
+    for user in users:
+        assert reader.read_user(user) == F.online_features(paths, user)
+    as_of, _ = reader.read_user_with_time(users[0])
+    assert as_of == F.export_time_range(paths)[1].replace(microsecond=0)
+    with pytest.raises(F.UnknownUser, match="user 987654321"):
+        reader.read_user(987654321)
+    fresh = resolve_home(tmp_path / "fresh")
+    shutil.copytree(paths.features, fresh.features)
+    F.apply(fresh)
+    with pytest.raises(F.NotMaterialized, match="recsys features materialize"):
+        F.OnlineReader(fresh).read_user(1)

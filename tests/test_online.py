@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import sqlite3
 from datetime import datetime, timedelta
 
 import duckdb
 import pandas as pd
 import pytest
-from feature_helpers import simulated_home
+from feature_helpers import delete_redis_keys, online_snapshot, simulated_home
 
 from recsys import features as F
 from recsys.build import build
@@ -30,10 +32,10 @@ def _event(row) -> Event:
 
 
 def _updater(tmp_path, catalogue=None) -> tuple[OnlineUpdater, list]:
-    pushed: list[tuple[str, dict]] = []
+    pushed: list[dict] = []
     updater = OnlineUpdater(
         UserState(tmp_path / "state.db", CONFIG),
-        push=lambda source, row: pushed.append((source, row)),
+        push=pushed.append,
         catalogue=catalogue or (lambda item_id: None),
         config=CONFIG,
     )
@@ -137,7 +139,7 @@ def test_pushed_row_is_the_row_just_after_the_event(tmp_path):
     assert sequence["seq_gap_seconds"] == pytest.approx([1e-6, 86400.000001])
     funnel = result.rows["user_behavior_funnel_push"]
     assert (funnel["n_view"], funnel["n_buy"], funnel["buy_rate"]) == (1, 1, 0.0)
-    assert {source for source, _ in pushed[-4:]} == set(result.rows)
+    assert pushed[-1] is result.rows  # one push (one transaction) per event
 
 
 def test_duplicates_are_dropped(tmp_path):
@@ -197,3 +199,46 @@ def test_cold_start_and_push_through_feast(tmp_path, via_push_api):
     assert got["user_interest_shift__top_category_changed"] is False
     assert got["user_interest_long__top_scores_long"] == pytest.approx([3.0], abs=1e-6)
     updater.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def test_push_writer_writes_what_feast_push_writes(tmp_path, kind):
+    """One event's rows, written by FeastPushWriter (one transaction) and, from an empty
+    slate, by FeatureStore.push(..., ONLINE): the same stored records and online features."""
+    from feast import ValueType
+    from feast.data_source import PushMode
+
+    from recsys.online_store import entity_keys
+
+    settings = F.SQLITE
+    if kind == "redis":
+        if not os.environ.get("REDIS_URL"):
+            pytest.skip("REDIS_URL is not set (start redis-server and export REDIS_URL)")
+        settings = F.OnlineStoreSettings.redis(os.environ["REDIS_URL"])
+    paths = resolve_home(tmp_path)
+    events = simulated_home(paths, users=10, items=50, days=2)
+    F.materialize(paths, online=settings)
+    store = F.feature_store(paths, settings)
+    updater = OnlineUpdater.for_store(paths, store)
+    user = int(events.user_id.max()) + 2000
+    when = events.event_time.max().to_pydatetime() + timedelta(minutes=5)
+    item = int(events.item_id.iloc[0])
+    updater.apply(Event(user, item, "view", when))
+    result = updater.apply(Event(user, item, "buy", when + timedelta(seconds=1)))
+    updater.close()
+    ids = {"user_id": [user]}
+    written = online_snapshot(paths, settings, ids)
+    assert written[1]["user_behavior_funnel"]["n_buy"] == [1]
+    if kind == "redis":
+        delete_redis_keys(paths, settings, ids)
+    else:
+        (key,) = entity_keys("user_id", ValueType.INT64, [user])
+        con = sqlite3.connect(str(paths.feast / "online_store.db"))
+        with con:
+            for table in written[0]:
+                con.execute(f'delete from "{table}" where entity_key = ?', (key,))
+        con.close()
+    assert online_snapshot(paths, settings, ids)[1]["user_behavior_funnel"]["n_buy"] == [None]
+    for source, row in result.rows.items():
+        store.push(source, pd.DataFrame([row]), to=PushMode.ONLINE)
+    assert online_snapshot(paths, settings, ids) == written
