@@ -4,11 +4,22 @@ For each size (simulated events) it prints medians over --repeats runs, each aga
 measured in the same run on the same data:
 
 - ingest: recsys.ingest.ingest_file(fmt='csv') vs DuckDB's own typed read_csv into a table;
-- marts: recsys.build.build(export=False) vs a plain
-  ``create table t as select user_id, category_id, count(*) from events group by all``;
-  each in a fresh subprocess, reporting its peak resident memory (VmHWM).
+- marts: recsys.build.build(export=False) vs two floors:
+  * group-by: ``create table t as select user_id, category_id, count(*) from events group by
+    all``, one hash aggregate; the marts can never get near it, because sequence, session,
+    transition and migration features need the events in each user's order;
+  * sort: ``create table t as select <canonical columns> from events order by user_id,
+    event_time``, the one full sort that any sequence or session feature needs at least. The
+    build sorts the events three times (user order, source-session order, user-category
+    order) into the materialised ``live.int_event_stream`` and then runs hash aggregates, so
+    a few times this floor is the realistic mark.
 
-Targets: all marts for 10M events in < 30 s, <= 5x the floor, peak memory < 4 GB.
+Every step runs in a fresh subprocess that reports its own peak resident memory (VmHWM of the
+new process image; ru_maxrss of a forked child would include the parent's). The load average
+is printed with the figures: other processes on the machine slow every step alike, so compare
+the ratios, which are measured in the same run.
+
+Targets: all marts for 10M events in < 30 s, <= 5x the sort floor, peak memory < 4 GB.
 
     python benchmarks/warehouse.py --sizes 1M,10M --repeats 3
 """
@@ -17,18 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import duckdb
-
-from recsys.config import Paths
-from recsys.ingest import ingest_file
 from recsys.simulate import SimulationConfig, simulate
 
 EVENTS_PER_USER_DAY = 5.6  # the simulator's default: ~1 session/day x 5 views, plus follow-ups
@@ -44,19 +50,34 @@ CSV_COLUMNS = {
 
 # Runs in a child process so that the peak memory is that of this step alone.
 CHILD = """
-import json, sys, time
+import json, shutil, sys, time
 from pathlib import Path
 import duckdb
 from recsys.config import Paths
 from recsys.build import build
-home, step = Path(sys.argv[1]), sys.argv[2]
+from recsys.ingest import ingest_file
+home, step, csv_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+FLOORS = {
+    "group_by": "select user_id, category_id, count(*) from events group by all",
+    "sort": "select user_id, item_id, category_id, behavior, event_time, session_id "
+            "from events order by user_id, event_time",
+}
+if step == "ingest":
+    shutil.rmtree(home, ignore_errors=True)
 started = time.perf_counter()
-if step == "marts":
+if step == "ingest":
+    ingest_file(Paths(home), csv_path, fmt="csv")
+elif step == "read_csv":
+    con = duckdb.connect(str(home / "floor.duckdb"))
+    con.execute("create or replace table t as select * from read_csv(?, header = true, "
+                "columns = ?)", [csv_path, json.loads(sys.argv[4])])
+    con.close()
+elif step == "marts":
     build(Paths(home), export=False)
 else:
     con = duckdb.connect(str(home / "warehouse.duckdb"), config={"memory_limit": "4GB"})
-    con.execute("create or replace table floor_t as "
-                "select user_id, category_id, count(*) from events group by all")
+    con.execute(f"create or replace table floor_t as {FLOORS[step]}")
+    con.execute("drop table floor_t")
     con.close()
 seconds = time.perf_counter() - started
 # VmHWM (not ru_maxrss, which a forked child inherits from its parent) is this process's own peak
@@ -81,57 +102,52 @@ def write_events_csv(n_events: int, directory: Path) -> tuple[Path, int]:
     return path, sim.events.height
 
 
-def time_ingest(csv_path: Path, work: Path) -> float:
-    home = work / "ingest_home"
-    shutil.rmtree(home, ignore_errors=True)
-    started = time.perf_counter()
-    ingest_file(Paths(home), csv_path, fmt="csv")
-    return time.perf_counter() - started
-
-
-def time_read_csv_floor(csv_path: Path, work: Path) -> float:
-    db = work / "floor.duckdb"
-    db.unlink(missing_ok=True)
-    con = duckdb.connect(str(db))
-    started = time.perf_counter()
-    con.execute(
-        "create table t as select * from read_csv(?, header = true, columns = ?)",
-        [str(csv_path), CSV_COLUMNS],
-    )
-    seconds = time.perf_counter() - started
-    con.close()
-    return seconds
-
-
-def run_child(home: Path, step: str) -> dict[str, float]:
+def run_child(home: Path, step: str, csv_path: Path) -> dict[str, float]:
+    """Run one step in a fresh Python process; returns its seconds and peak memory (MB)."""
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(home), step], check=True, capture_output=True, text=True
+        [sys.executable, "-c", CHILD, str(home), step, str(csv_path), json.dumps(CSV_COLUMNS)],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def median(runs: list[dict[str, float]], key: str = "seconds") -> float:
+    return statistics.median(run[key] for run in runs)
+
+
 def bench_size(n_events: int, repeats: int, work: Path) -> None:
     csv_path, rows = write_events_csv(n_events, work)
-    ingest = [time_ingest(csv_path, work) for _ in range(repeats)]
-    floor = [time_read_csv_floor(csv_path, work) for _ in range(repeats)]
-    home = work / "ingest_home"  # the last ingest's warehouse
-    marts = [run_child(home, "marts") for _ in range(repeats)]
-    plain = [run_child(home, "floor") for _ in range(repeats)]
+    home = work / "home"  # the last ingest's warehouse is the one the marts are built from
+    steps = ("ingest", "read_csv", "marts", "group_by", "sort")
+    runs: dict[str, list[dict[str, float]]] = {step: [] for step in steps}
+    load_before = os.getloadavg()
+    for _ in range(repeats):  # interleaved, so a burst of load hits every step alike
+        for step in steps:
+            runs[step].append(run_child(home, step, csv_path))
+    load_after = os.getloadavg()
 
-    def med(runs, key="seconds"):
-        return statistics.median(r[key] if isinstance(r, dict) else r for r in runs)
+    def fig(step: str) -> str:
+        return f"{median(runs[step]):.2f} s, peak {median(runs[step], 'peak_mb'):,.0f} MB"
 
+    marts = median(runs["marts"])
     print(f"\n== {rows:,} events ({csv_path.stat().st_size / 1e6:.0f} MB CSV), {repeats} runs ==")
     print(
-        f"ingest  : {rows / med(ingest):>12,.0f} rows/s  (median {med(ingest):.2f} s)  "
-        f"floor read_csv {rows / med(floor):,.0f} rows/s ({med(floor):.2f} s)  "
-        f"ratio {med(ingest) / med(floor):.2f}x"
+        "load average (1/5/15 min): before "
+        + "/".join(f"{x:.2f}" for x in load_before)
+        + ", after "
+        + "/".join(f"{x:.2f}" for x in load_after)
+        + f" on {os.cpu_count()} CPUs"
     )
     print(
-        f"marts   : {rows / med(marts):>12,.0f} events/s (median {med(marts):.2f} s, "
-        f"peak {med(marts, 'peak_mb'):,.0f} MB)  floor group-by {med(plain):.2f} s "
-        f"(peak {med(plain, 'peak_mb'):,.0f} MB)  ratio {med(marts) / med(plain):.2f}x"
+        f"ingest  : {rows / median(runs['ingest']):>12,.0f} rows/s  ({fig('ingest')})  "
+        f"floor read_csv {rows / median(runs['read_csv']):,.0f} rows/s ({fig('read_csv')})  "
+        f"ratio {median(runs['ingest']) / median(runs['read_csv']):.2f}x"
     )
+    print(f"marts   : {rows / marts:>12,.0f} events/s ({fig('marts')})")
+    for floor in ("group_by", "sort"):
+        print(f"  vs floor {floor:<8}: {fig(floor)}  ratio {marts / median(runs[floor]):.2f}x")
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 LAYERS: tuple[str, ...] = ("staging", "intermediate", "marts", "exports")
 VIEW_SCHEMA = "live"
 MEMORY_LIMIT = "4GB"
+MATERIALIZED_MARK = "-- materialized: table"
 
 # Feast export file -> (exports view, entity key)
 EXPORTS: dict[str, tuple[str, str]] = {
@@ -86,6 +87,9 @@ class SqlModel:
     layer: str
     sql: str
     depends_on: frozenset[str]
+    # a `-- materialized: table` line makes it a table computed once per build (it must not
+    # depend on as_of), which the views then read instead of recomputing it
+    materialized: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ def load_models(directory: Path | None = None) -> list[SqlModel]:
                 for other in files
                 if other != name and re.search(rf"\b{other}\b", _strip_comments(sql))
             ),
+            materialized=MATERIALIZED_MARK in sql.splitlines(),
         )
         for name, (layer, sql) in files.items()
     }
@@ -305,6 +310,22 @@ def export_features(
     return rows
 
 
+def _create_model(con: duckdb.DuckDBPyConnection, model: SqlModel) -> None:
+    """The model's view in the live schema, or its table when it is materialised."""
+    kind = "table" if model.materialized else "view"
+    (existing,) = con.execute(
+        "select any_value(table_type) from information_schema.tables "
+        "where table_schema = ? and table_name = ?",
+        [VIEW_SCHEMA, model.name],
+    ).fetchone()
+    if existing and (existing == "VIEW") != (kind == "view"):  # the model changed kind
+        con.execute(f"drop {'view' if existing == 'VIEW' else 'table'} {VIEW_SCHEMA}.{model.name}")
+    # a view binds its names in its own schema; a table's query needs the schema on the path
+    con.execute(f"set search_path = '{VIEW_SCHEMA},main'")
+    con.execute(f"create or replace {kind} {VIEW_SCHEMA}.{model.name} as {model.sql}")
+    con.execute("reset search_path")
+
+
 def _event_range(con: duckdb.DuckDBPyConnection, paths: Paths) -> tuple[int, datetime, datetime]:
     count, first, last = con.execute(
         "select count(*), min(event_time), max(event_time) from events"
@@ -338,6 +359,8 @@ def build(
     con = connect(paths, memory_limit=MEMORY_LIMIT)
     try:
         con.execute(f"set temp_directory = '{paths.home / 'duckdb_tmp'}'")
+        # marts are sets of rows (exports sort explicitly): let DuckDB write them in any order
+        con.execute("set preserve_insertion_order = false")
         _, first, last = _event_range(con, paths)
         as_of = _utc_naive(as_of) if as_of else last + timedelta(microseconds=1)
         if as_of <= first:
@@ -347,13 +370,20 @@ def build(
         write_params(con, as_of=as_of, config=config, rule=rule)
         con.execute(f"create schema if not exists {VIEW_SCHEMA}")
         for model in models:
-            con.execute(f"create or replace view {VIEW_SCHEMA}.{model.name} as {model.sql}")
-        marts = [m.name for m in models if m.layer == "marts"]
-        for name in marts:
-            con.execute(f"create or replace table main.{name} as from {VIEW_SCHEMA}.{name}")
+            _create_model(con, model)
+            if step and model.materialized:
+                step(f"table {model.name}")
+        marts = [m for m in models if m.layer == "marts"]
+        # A mart's own SQL, with main first on the search path, reads the marts built before it
+        # as tables instead of re-evaluating their views.
+        con.execute(f"set search_path = 'main,{VIEW_SCHEMA}'")
+        for mart in marts:
+            con.execute(f"create or replace table main.{mart.name} as {mart.sql}")
             if step:
-                step(f"mart {name}")
+                step(f"mart {mart.name}")
+        con.execute("reset search_path")
         con.execute("commit")
+        marts = [m.name for m in marts]
         seconds["marts"] = time.perf_counter() - started
         mart_rows = {
             name: con.execute(f"select count(*) from main.{name}").fetchone()[0] for name in marts

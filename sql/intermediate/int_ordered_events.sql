@@ -1,18 +1,23 @@
--- one row per event before as_of, numbered 1..n in the user's history.
--- One total order per user (time, then behavior, item, category) so that ties in event_time
--- resolve the same way in every model.
+-- one row per event before as_of, numbered 1..n in the user's history, with its age at as_of.
+-- The order, sessions and interest path come from the materialised int_event_stream; the
+-- events before as_of are a prefix of each user's order there.
 with events as (
-    select * from int_weighted_events
+    select * from int_event_stream
+),
+
+params as (
+    select * from stg_params
 ),
 
 final as (
     select
         events.*,
-        row_number() over (
-            partition by events.user_id
-            order by events.event_time, events.behavior, events.item_id, events.category_id
-        ) as user_event_number
+        -- microsecond integers keep the age exact before the division
+        (epoch_us(params.as_of) - epoch_us(events.event_time)) / 1e6 as age_seconds,
+        params.as_of
     from events
+    cross join params
+    where events.event_time < params.as_of
 )
 
 select * from final

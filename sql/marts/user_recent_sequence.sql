@@ -9,6 +9,16 @@ params as (
     select * from stg_params
 ),
 
+-- the events before as_of are numbered 1..n in each user's order, so the last ones are those
+-- above n - length: a hash join instead of sorting every event again
+counts as (
+    select
+        user_id,
+        max(user_event_number) as n_events
+    from events
+    group by user_id
+),
+
 recent as (
     select
         events.user_id,
@@ -18,11 +28,9 @@ recent as (
         events.age_seconds,
         events.user_event_number
     from events
+    inner join counts on counts.user_id = events.user_id
     cross join params
-    qualify row_number() over (
-        partition by events.user_id
-        order by events.user_event_number desc
-    ) <= params.recent_sequence_length
+    where events.user_event_number > counts.n_events - params.recent_sequence_length
 ),
 
 final as (
