@@ -36,7 +36,9 @@ from feast import FeatureStore, RepoConfig
 from feast.feature_view import FeatureView
 
 from recsys import online_store
-from recsys.config import Paths
+from recsys.config import FeatureConfig, Paths
+from recsys.online import SeedError, SeedReport, Snapshot, read_snapshot, write_snapshot
+from recsys.writeback import WarehouseBusyError
 
 # Feast installs its own warning filters on import; ours must come after it.
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(ibis|duckdb|feast)")
@@ -106,12 +108,14 @@ SQLITE = OnlineStoreSettings()
 
 @dataclass(frozen=True)
 class MaterializationReport:
-    """What one ``materialize`` call wrote: rows (entities) per view and the time taken."""
+    """What one ``materialize`` call wrote: rows (entities) per view and the time taken, and
+    the online updater's state seeded from the same build (None: the home has no warehouse)."""
 
     start: datetime
     end: datetime
     rows: dict[str, int]
     seconds: float
+    seed: SeedReport | None = None
 
     @property
     def total_rows(self) -> int:
@@ -119,9 +123,10 @@ class MaterializationReport:
 
     def summary(self) -> str:
         views = ", ".join(f"{name}={n}" for name, n in self.rows.items())
+        seeded = f"; {self.seed.summary()}" if self.seed else ""
         return (
             f"materialised {self.total_rows} rows ({views}) for {self.start:%Y-%m-%d %H:%M:%S}"
-            f"..{self.end:%Y-%m-%d %H:%M:%S} in {self.seconds:.1f}s"
+            f"..{self.end:%Y-%m-%d %H:%M:%S} in {self.seconds:.1f}s{seeded}"
         )
 
 
@@ -255,10 +260,18 @@ def materialize(
     in one transaction / pipeline (``recsys.online_store``), the same rows Feast writes, then
     records the interval in the registry as ``FeatureStore.materialize`` does. ``fast=False``
     (or a store setting the direct writer does not reproduce) runs ``FeatureStore.materialize``.
+
+    Then the online updater's state (``recsys.online.seed_state``) is replaced by the marts of
+    the same build, so that events applied later continue each user's history instead of
+    overwriting it. The marts are read first: ``MaterializationError`` before anything is
+    written when they are of another build than the exports. A home without a warehouse
+    (exports copied in) has no state to seed.
     """
     apply(paths, online=online)
     store = feature_store(paths, online)
     start, end = export_time_range(paths)
+    config = FeatureConfig()
+    snapshot = _updater_snapshot(paths, config)
     views = [
         view for view in store.list_feature_views() if view.online and _source_path(view).exists()
     ]
@@ -273,7 +286,24 @@ def materialize(
             writer.close()
     seconds = time.perf_counter() - began
     _check_materialized(store, views, rows)
-    return MaterializationReport(start=start, end=end, rows=rows, seconds=seconds)
+    seed = write_snapshot(paths, snapshot, config) if snapshot else None
+    return MaterializationReport(start=start, end=end, rows=rows, seconds=seconds, seed=seed)
+
+
+def _updater_snapshot(paths: Paths, config: FeatureConfig) -> Snapshot | None:
+    """The online updater's state from the marts of the build whose user exports are loaded."""
+    exports = paths.features / "user_interest.parquet"
+    if not paths.warehouse.exists() or not exports.exists():
+        return None
+    (as_of,) = (
+        duckdb.connect()
+        .execute("select max(event_timestamp) from read_parquet(?)", [str(exports)])
+        .fetchone()
+    )
+    try:
+        return read_snapshot(paths, config, expect_as_of=as_of)
+    except (SeedError, WarehouseBusyError) as exc:
+        raise MaterializationError(f"cannot seed the online updater's state: {exc}") from None
 
 
 def _no_rows(start: datetime, end: datetime, paths: Paths) -> MaterializationError:

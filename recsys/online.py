@@ -12,10 +12,24 @@ keeps its own small durable state in ``<home>/feast/online_state.db`` (SQLite):
 - ``user_category``: per (user, category) decayed interest at both half-lives, anchored at
   ``ref_us`` (s <- s * 2^(-dt/h) + w), plus first/last event time; top-N arrays are recomputed
   exactly from all of a user's categories;
-- ``user_events``: every accepted event (the natural key drops duplicates; the recent sequence
-  and funnel recencies come from here);
+- ``user_events``: the user's latest events from the build (the recent sequence) plus every
+  event accepted since (the natural key drops duplicates; the recent sequence comes from here);
 - ``user_item``: per (user, item) behaviour counts, for the funnel's distinct-item rates;
+- ``user_last``: per (user, behaviour) latest event time, for the funnel's recencies;
+- ``user_horizon``: for users whose history is longer than the recent sequence, the time of the
+  oldest event the state holds (see "Seeding");
+- ``seed``: the as_of of the build the state was seeded from;
 - ``quarantine``: events that could not be used, with the reason.
+
+Seeding: ``seed_state(paths)`` replaces the whole state (all but ``quarantine``) in one
+transaction with the warehouse's marts as of the build's as_of (``recsys_params.as_of``):
+``user_category_interest`` (sums at as_of, first/last time, counts), ``edges_user_item``
+(behaviour counts per item, latest time per behaviour) and ``user_recent_sequence`` (the
+latest events; time = as_of - gap, exact in microseconds). ``recsys.features.materialize``
+calls it after loading the online store, so both describe the same build, and events applied
+later continue each user's history exactly. Nothing else in the state depends on older events:
+a decayed sum, a count, a min or a max absorbs any further event, and every event outside the
+seeded sequence ranks below all of it, so the latest N of (sequence + new events) is exact.
 
 Definitions match the SQL marts (sql/marts/*.sql) exactly: a row "as of A" uses events strictly
 before A. The row pushed after an event at time t is the row as of t + 1 microsecond, i.e. it
@@ -24,15 +38,19 @@ includes every accepted event up to and including t, and is stamped with that ti
 Out-of-order events (older than the user's latest) are applied exactly: a decayed sum is
 order-independent, s(T) = sum w * 2^(-(T - t)/h), so an older event adds w * 2^(-(ref - t)/h)
 to the sum anchored at ``ref``; the sequence is rebuilt in time order. Duplicates (same user,
-item, behavior, event_time) are dropped. An event for an item missing from the catalogue
-(``item_stats``) is used when it carries its category, else quarantined. Bad input never
-raises: it is quarantined with a one-line reason.
+item, behavior, event_time) are dropped. The state can tell a duplicate only among the events it
+holds, so an event at or before the user's horizon (older than the seeded sequence) is
+``stale``: not applied, because it may already be counted (the warehouse keeps it when it is
+new, and the next build and materialisation count it). An event for an item missing from the
+catalogue (``item_stats``) is used when it carries its category, else quarantined. Bad input
+never raises: it is quarantined with a one-line reason.
 """
 
 from __future__ import annotations
 
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,7 +62,11 @@ import pandas as pd
 
 from recsys.config import FeatureConfig, Paths
 from recsys.schema import BEHAVIORS
+from recsys.writeback import DEFAULT_LOCK_TIMEOUT_S, open_for_read
 
+STATE_FILE = "online_state.db"
+# everything but the quarantine, a log of bad input
+SEEDED_TABLES = ("user_category", "user_events", "user_item", "user_last", "user_horizon", "seed")
 EPOCH = datetime(1970, 1, 1)
 US_PER_SECOND = 1_000_000
 US_PER_HOUR = 3_600_000_000
@@ -68,6 +90,16 @@ create table if not exists user_item (
     n_fav integer not null default 0, n_buy integer not null default 0,
     primary key (user_id, item_id)
 ) without rowid;
+create table if not exists user_last (
+    user_id integer not null, behavior text not null, last_us integer not null,
+    primary key (user_id, behavior)
+) without rowid;
+create table if not exists user_horizon (
+    user_id integer primary key, horizon_us integer not null
+);
+create table if not exists seed (
+    as_of_us integer not null, seeded_at text not null
+);
 create table if not exists quarantine (
     user_id, item_id, category_id, behavior, event_time, reason text not null,
     quarantined_at text not null
@@ -100,6 +132,7 @@ class Event:
 class Outcome(Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
+    STALE = "stale"
     QUARANTINED = "quarantined"
 
 
@@ -114,6 +147,10 @@ class UpdateResult:
 
 class InvalidEvent(ValueError):
     """An event that cannot be used (the message is the quarantine reason)."""
+
+
+class SeedError(Exception):
+    """The updater's state cannot be seeded from this warehouse (one line: what to run)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +169,8 @@ class UserState:
         self.con = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.con.execute("pragma journal_mode = wal")
         self.con.execute("pragma synchronous = normal")
+        # a reseed (``recsys features materialize``) holds the write lock for a few seconds
+        self.con.execute("pragma busy_timeout = 30000")
         self.con.executescript(STATE_DDL)
         self.config = config
         self.short_h_us = config.short_half_life_hours * US_PER_HOUR
@@ -140,8 +179,8 @@ class UserState:
     def close(self) -> None:
         self.con.close()
 
-    def record(self, event: Event, category_id: int, event_us: int) -> bool:
-        """Add one event to the state; False (and nothing changed) when it is a duplicate."""
+    def record(self, event: Event, category_id: int, event_us: int) -> Outcome:
+        """Add one event to the state: APPLIED, or DUPLICATE / STALE with nothing changed."""
         weight = self.config.behavior_weights[event.behavior]
         con = self.con
         con.execute("begin")
@@ -152,7 +191,11 @@ class UserState:
             ).rowcount
             if not inserted:
                 con.execute("rollback")
-                return False
+                return Outcome.DUPLICATE
+            horizon = self.horizon_us(event.user_id)
+            if horizon is not None and event_us <= horizon:
+                con.execute("rollback")
+                return Outcome.STALE
             row = con.execute(
                 "select short, long, ref_us from user_category where user_id = ? and "
                 "category_id = ?",
@@ -178,11 +221,52 @@ class UserState:
                 f"on conflict (user_id, item_id) do update set {column} = {column} + 1",
                 (event.user_id, event.item_id),
             )
+            con.execute(
+                "insert into user_last values (?, ?, ?) on conflict (user_id, behavior) "
+                "do update set last_us = max(last_us, excluded.last_us)",
+                (event.user_id, event.behavior, event_us),
+            )
             con.execute("commit")
         except BaseException:
             con.execute("rollback")
             raise
-        return True
+        return Outcome.APPLIED
+
+    def horizon_us(self, user_id: int) -> int | None:
+        """The time of the oldest event the state holds of a user whose history is longer
+        than that (None: the state holds all of the user's events)."""
+        row = self.con.execute(
+            "select horizon_us from user_horizon where user_id = ?", (user_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def seeded_as_of(self) -> datetime | None:
+        """The as_of of the build the state was seeded from (None: never seeded)."""
+        row = self.con.execute("select as_of_us from seed").fetchone()
+        return from_us(row[0]) if row else None
+
+    def seed(self, snapshot: Snapshot) -> None:
+        """Replace the state (all but the quarantine) by a build's snapshot, in one transaction."""
+        con = self.con
+        con.execute("begin immediate")
+        try:
+            for table in SEEDED_TABLES:
+                con.execute(f"delete from {table}")
+            con.executemany(
+                "insert into user_category values (?, ?, ?, ?, ?, ?, ?, ?)", snapshot.categories
+            )
+            con.executemany("insert into user_events values (?, ?, ?, ?, ?)", snapshot.events)
+            con.executemany("insert into user_item values (?, ?, ?, ?, ?, ?)", snapshot.items)
+            con.executemany("insert into user_last values (?, ?, ?)", snapshot.last)
+            con.executemany("insert into user_horizon values (?, ?)", snapshot.horizons)
+            con.execute(
+                "insert into seed values (?, ?)",
+                (snapshot.as_of_us, datetime.now(UTC).isoformat()),
+            )
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
 
     def latest_us(self, user_id: int) -> int | None:
         (latest,) = self.con.execute(
@@ -224,9 +308,7 @@ class UserState:
     def last_by_behavior(self, user_id: int) -> dict[str, int]:
         return dict(
             self.con.execute(
-                "select behavior, max(event_us) from user_events where user_id = ? "
-                "group by behavior",
-                (user_id,),
+                "select behavior, last_us from user_last where user_id = ?", (user_id,)
             ).fetchall()
         )
 
@@ -259,6 +341,179 @@ class UserState:
         return self.con.execute(
             "select user_id, item_id, category_id, behavior, event_time, reason from quarantine"
         ).fetchall()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A build's per-user state, as rows of the state tables (see ``read_snapshot``)."""
+
+    as_of_us: int
+    categories: list[tuple[int, int, float, float, int, int, int, int]]
+    events: list[tuple[int, int, str, int, int]]
+    items: list[tuple[int, int, int, int, int, int]]
+    last: list[tuple[int, str, int]]
+    horizons: list[tuple[int, int]]
+    read_seconds: float
+
+    @property
+    def as_of(self) -> datetime:
+        return from_us(self.as_of_us)
+
+
+@dataclass(frozen=True)
+class SeedReport:
+    """What ``seed_state`` wrote: the build's as_of, users, rows per table and seconds."""
+
+    as_of: datetime
+    users: int
+    rows: dict[str, int]
+    read_seconds: float
+    write_seconds: float
+
+    def summary(self) -> str:
+        return (
+            f"seeded the online updater's state for {self.users:,} users as of "
+            f"{self.as_of.isoformat()} in {self.read_seconds + self.write_seconds:.1f}s"
+        )
+
+
+# user_item's count columns, in its column order
+_ITEM_COUNTS = ", ".join(
+    f"coalesce(sum(n_events) filter (where behavior = '{b}'), 0)::bigint"
+    for b in ("view", "cart", "fav", "buy")
+)
+# Rows of the state tables from the marts, as of the build's as_of ($as_of_us). A sequence gap
+# is (as_of_us - t_us) / 1e6 in double precision, so rounding gap * 1e6 gives t_us back exactly
+# (for gaps under ~30 years).
+_SNAPSHOT_SQL = {
+    "categories": """
+        select user_id, category_id, interest_short, interest_long, $as_of_us,
+            epoch_us(first_event_time), epoch_us(last_event_time), n_events
+        from user_category_interest order by user_id, category_id""",
+    "events": """
+        select user_id, item_id, behavior, $as_of_us - round(gap * 1e6)::bigint, category_id
+        from (
+            select user_id, unnest(seq_item_ids) as item_id, unnest(seq_behaviors) as behavior,
+                unnest(seq_gap_seconds) as gap, unnest(seq_category_ids) as category_id
+            from user_recent_sequence
+        ) order by 1, 2, 3, 4""",
+    "items": f"""
+        select user_id, item_id, {_ITEM_COUNTS}
+        from edges_user_item group by user_id, item_id order by user_id, item_id""",
+    "last": """
+        select user_id, behavior, epoch_us(max(last_event_time))
+        from edges_user_item group by user_id, behavior order by user_id, behavior""",
+    # users with more events than their sequence holds: the oldest event it holds
+    "horizons": """
+        select s.user_id, $as_of_us - round(s.seq_gap_seconds[s.seq_len] * 1e6)::bigint
+        from user_recent_sequence s
+        inner join (
+            select user_id, sum(n_events) as n_events from user_category_interest group by user_id
+        ) c on c.user_id = s.user_id
+        where c.n_events > s.seq_len order by 1""",
+}
+_SNAPSHOT_TABLES = (
+    "recsys_params",
+    "behavior_weights",
+    "user_category_interest",
+    "user_recent_sequence",
+    "edges_user_item",
+)
+
+
+def read_snapshot(
+    paths: Paths,
+    config: FeatureConfig,
+    *,
+    expect_as_of: datetime | None = None,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+) -> Snapshot:
+    """The state tables' rows from the warehouse's marts as of the build's as_of.
+
+    Opens the warehouse read-only for the reads only. Raises ``SeedError`` without a build,
+    when the build's parameters differ from ``config`` (the updater continues the marts'
+    arithmetic, so both must use the same half-lives, weights and lengths), or when the build's
+    as_of is not ``expect_as_of`` (the as_of of the exports in the online store).
+    """
+    began = time.perf_counter()
+    if not paths.warehouse.exists():
+        raise SeedError(f"no warehouse at {paths.warehouse}: run `recsys pipeline` first")
+    with open_for_read(paths, lock_timeout_s=lock_timeout_s) as con:
+        tables = "select table_name from duckdb_tables() where schema_name = 'main'"
+        present = {name for (name,) in con.execute(tables).fetchall()}
+        missing = [t for t in _SNAPSHOT_TABLES if t not in present]
+        if missing:
+            raise SeedError(f"the warehouse has no {missing[0]} table: run `recsys build` first")
+        _check_build_config(con, config)
+        (as_of_us,) = con.execute("select epoch_us(as_of) from recsys_params").fetchone()
+        if expect_as_of is not None and from_us(as_of_us) != expect_as_of:
+            raise SeedError(
+                f"the warehouse's marts are as of {from_us(as_of_us).isoformat()} but the "
+                f"exports as of {expect_as_of.isoformat()}: run `recsys build` again"
+            )
+        rows = {
+            name: con.execute(sql, {"as_of_us": as_of_us} if "$as_of_us" in sql else {}).fetchall()
+            for name, sql in _SNAPSHOT_SQL.items()
+        }
+    return Snapshot(as_of_us=as_of_us, **rows, read_seconds=time.perf_counter() - began)
+
+
+def _check_build_config(con: Any, config: FeatureConfig) -> None:
+    """``SeedError`` naming the first parameter where the build and ``config`` differ."""
+    params = con.execute(
+        "select short_half_life_seconds, long_half_life_seconds, novelty_window_seconds, "
+        "recent_sequence_length, top_categories from recsys_params"
+    ).fetchone()
+    wanted = (
+        config.short_half_life_hours * 3600,
+        config.long_half_life_hours * 3600,
+        config.novelty_window_hours * 3600,
+        config.recent_sequence_length,
+        config.top_categories,
+    )
+    names = ("short half-life", "long half-life", "novelty window", "sequence length", "top-N")
+    pairs = list(zip(names, params, wanted, strict=True))
+    weights = dict(con.execute("select behavior, weight from behavior_weights").fetchall())
+    pairs += [(f"{b} weight", weights.get(b), w) for b, w in config.behavior_weights.items()]
+    for name, built, want in pairs:
+        if built != want:
+            raise SeedError(
+                f"the build's {name} is {built} but the updater's FeatureConfig says {want}: "
+                "build and serve with the same FeatureConfig"
+            )
+
+
+def write_snapshot(paths: Paths, snapshot: Snapshot, config: FeatureConfig) -> SeedReport:
+    """Replace ``<home>/feast/online_state.db`` (all but its quarantine) by the snapshot."""
+    began = time.perf_counter()
+    state = UserState(paths.feast / STATE_FILE, config)
+    try:
+        state.seed(snapshot)
+    finally:
+        state.close()
+    return SeedReport(
+        as_of=snapshot.as_of,
+        users=len({row[0] for row in snapshot.categories}),
+        rows={name: len(getattr(snapshot, name)) for name in _SNAPSHOT_SQL},
+        read_seconds=snapshot.read_seconds,
+        write_seconds=time.perf_counter() - began,
+    )
+
+
+def seed_state(
+    paths: Paths,
+    *,
+    config: FeatureConfig | None = None,
+    expect_as_of: datetime | None = None,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+) -> SeedReport:
+    """Seed the updater's state from the warehouse's build: ``read_snapshot`` then
+    ``write_snapshot`` (idempotent: the state is replaced wholesale)."""
+    config = config or FeatureConfig()
+    snapshot = read_snapshot(
+        paths, config, expect_as_of=expect_as_of, lock_timeout_s=lock_timeout_s
+    )
+    return write_snapshot(paths, snapshot, config)
 
 
 def _plain(value: Any) -> Any:
@@ -498,7 +753,7 @@ class OnlineUpdater:
             return values["category_id"][0]
 
         return cls(
-            UserState(paths.feast / "online_state.db", config),
+            UserState(paths.feast / STATE_FILE, config),
             push=push,
             catalogue=catalogue,
             config=config,
@@ -517,8 +772,17 @@ class OnlineUpdater:
         except InvalidEvent as exc:
             self.state.quarantine(event, str(exc))
             return UpdateResult(Outcome.QUARANTINED, reason=str(exc))
-        if not self.state.record(event, category_id, event_us):
-            return UpdateResult(Outcome.DUPLICATE, reason="already applied")
+        outcome = self.state.record(event, category_id, event_us)
+        if outcome is Outcome.DUPLICATE:
+            return UpdateResult(outcome, reason="already applied")
+        if outcome is Outcome.STALE:
+            horizon = from_us(self.state.horizon_us(event.user_id))
+            return UpdateResult(
+                outcome,
+                reason=f"at or before {horizon.isoformat()}, the oldest event of user "
+                f"{event.user_id} the online state holds: it may be counted already, so it "
+                "waits for the next build",
+            )
         as_of_us = self.state.latest_us(event.user_id) + 1
         rows = user_rows(self.state, event.user_id, as_of_us, self.config)
         self.push(rows)

@@ -5,18 +5,29 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import sqlite3
 from datetime import datetime, timedelta
 
 import duckdb
 import pandas as pd
 import pytest
-from feature_helpers import delete_redis_keys, online_snapshot, simulated_home
+from feature_helpers import delete_redis_keys, load_events, online_snapshot, simulated_home
 
 from recsys import features as F
 from recsys.build import build
 from recsys.config import FeatureConfig, resolve_home
-from recsys.online import Event, OnlineUpdater, Outcome, UserState
+from recsys.online import (
+    Event,
+    OnlineUpdater,
+    Outcome,
+    SeedError,
+    UserState,
+    seed_state,
+    user_rows,
+)
+from recsys.simulate import SimulationConfig, simulate
+from recsys.warehouse import connect
 
 CONFIG = FeatureConfig()
 
@@ -242,3 +253,183 @@ def test_push_writer_writes_what_feast_push_writes(tmp_path, kind):
     for source, row in result.rows.items():
         store.push(source, pd.DataFrame([row]), to=PushMode.ONLINE)
     assert online_snapshot(paths, settings, ids) == written
+
+
+# --- a home with history: the updater's state is seeded from the warehouse by materialize ---
+
+
+@pytest.fixture(scope="module")
+def history_home(tmp_path_factory: pytest.TempPathFactory):
+    """Built and materialised; some users have more events than the recent sequence holds."""
+    paths = resolve_home(tmp_path_factory.mktemp("history"))
+    config = SimulationConfig(users=8, items=120, days=10, seed=7, categories=8)
+    events = simulate(config).events.to_pandas()
+    load_events(paths, events)
+    build(paths)
+    F.materialize(paths)
+    return paths, events
+
+
+def _copy_home(home, tmp_path):
+    paths, events = home
+    copy = resolve_home(tmp_path / "home")
+    shutil.copytree(paths.home, copy.home)
+    return copy, events
+
+
+def _busiest_user(events: pd.DataFrame) -> tuple[int, pd.DataFrame]:
+    counts = events.groupby("user_id").size()
+    user = int(counts.idxmax())
+    assert counts.max() > CONFIG.recent_sequence_length  # the seeded sequence is a window
+    return user, events[events.user_id == user].sort_values("event_time")
+
+
+def _append_event(paths, event: Event) -> None:
+    con = connect(paths)
+    con.execute(
+        "insert into events by name select ?::bigint as user_id, ?::bigint as item_id, "
+        "?::bigint as category_id, ?::varchar as behavior, ?::timestamp as event_time, "
+        "'test' as source_file, now() as ingested_at, "
+        "hash(user_id, item_id, behavior, event_time) as event_key",
+        [event.user_id, event.item_id, event.category_id, event.behavior, event.event_time],
+    )
+    con.close()
+
+
+@pytest.mark.parametrize("when", ["after_the_build", "inside_the_seeded_window"])
+def test_a_known_users_event_continues_their_history(history_home, tmp_path, when):
+    """The regression: a user with history posts one event; the pushed rows equal the marts
+    rebuilt as of just after it on the warehouse holding it (not the new event alone)."""
+    paths, events = _copy_home(history_home, tmp_path)
+    user, mine = _busiest_user(events)
+    viewed = mine[mine.behavior == "view"].iloc[-1]
+    if when == "after_the_build":
+        moment = events.event_time.max().to_pydatetime() + timedelta(hours=2)
+    else:  # older than the user's latest event, newer than the 50th latest
+        moment = mine.event_time.iloc[-3].to_pydatetime() - timedelta(seconds=1)
+    event = Event(user, int(viewed.item_id), "cart", moment, int(viewed.category_id))
+    store = F.feature_store(paths)
+    updater = OnlineUpdater.for_store(paths, store)
+    result = updater.apply(event)
+    assert result.outcome is Outcome.APPLIED
+    online = F.online_features(paths, user, store=store)
+    as_of = max(moment, mine.event_time.max().to_pydatetime()) + timedelta(microseconds=1)
+    _append_event(paths, event)
+    build(paths, as_of=as_of, snapshots=[])
+    for source, row in result.rows.items():
+        assert row["event_timestamp"] == as_of
+        _assert_rows_equal(row, _export(paths, source.removesuffix("_push")).loc[user])
+    interest = (
+        duckdb.connect(str(paths.warehouse), read_only=True)
+        .execute("select * from user_category_interest where user_id = ?", [user])
+        .fetchdf()
+        .set_index("category_id")
+    )
+    state = {c.category_id: c for c in updater.state.categories(user, _us(as_of))}
+    assert set(state) == set(interest.index)
+    for category, c in state.items():
+        assert c.short == pytest.approx(interest.loc[category, "interest_short"], abs=1e-6)
+        assert c.long == pytest.approx(interest.loc[category, "interest_long"], abs=1e-6)
+    updater.close()
+    assert online["user_behavior_funnel__n_view"] == (mine.behavior == "view").sum()
+    assert online["user_behavior_funnel__n_cart"] == (mine.behavior == "cart").sum() + 1
+    assert online["user_recent_sequence__seq_len"] == CONFIG.recent_sequence_length
+
+
+def _state_tables(path) -> dict[str, list]:
+    con = sqlite3.connect(str(path))
+    tables = [name for (name,) in con.execute("select name from sqlite_master where type='table'")]
+    dump = {t: con.execute(f"select * from {t} order by 1, 2").fetchall() for t in tables}
+    con.close()
+    return dump
+
+
+def test_seeded_state_is_the_replayed_history(history_home, tmp_path):
+    """Every user's seeded state gives the rows that replaying all their events gives."""
+    paths, events = history_home
+    seeded = UserState(paths.feast / "online_state.db", CONFIG)
+    replayed, _ = _updater(tmp_path)
+    assert {r.outcome for r in replayed.apply_all(_event(r) for r in events.itertuples())} == {
+        Outcome.APPLIED
+    }
+    as_of = seeded.seeded_as_of()
+    assert as_of == events.event_time.max().to_pydatetime() + timedelta(microseconds=1)
+    for user in sorted(events.user_id.unique().tolist()):
+        want = replayed.features_as_of(user, as_of)
+        got = user_rows(seeded, user, _us(as_of), CONFIG)
+        for source, row in got.items():
+            _assert_rows_equal(row, pd.Series(want[source]))
+        assert seeded.last_by_behavior(user) == replayed.state.last_by_behavior(user)
+    seeded.close()
+
+
+def test_seeding_is_idempotent_and_replaces_the_state(history_home, tmp_path):
+    paths, events = _copy_home(history_home, tmp_path)
+    state_path = paths.feast / "online_state.db"
+    first = _state_tables(state_path)
+    assert len(first["user_events"]) > 0 and len(first["seed"]) == 1
+    updater = OnlineUpdater.for_store(paths, F.feature_store(paths))
+    user, _ = _busiest_user(events)
+    after = events.event_time.max().to_pydatetime() + timedelta(hours=1)
+    assert updater.apply(Event(user, 1, "buy", after, 3)).outcome is Outcome.APPLIED
+    assert updater.apply(Event(user, 1, "click", after)).outcome is Outcome.QUARANTINED
+    changed = _state_tables(state_path)
+    assert changed["user_item"] != first["user_item"]
+    report = seed_state(paths)
+    again = _state_tables(state_path)
+    assert {t: again[t] for t in again if t not in ("seed", "quarantine")} == {
+        t: first[t] for t in first if t not in ("seed", "quarantine")
+    }
+    assert again["quarantine"] == changed["quarantine"]  # a log of bad input, not state
+    assert report.users == events.user_id.nunique()
+    assert report.rows["events"] == len(first["user_events"])
+    # The open updater reads the reseeded state: the event applies afresh.
+    assert updater.apply(Event(user, 1, "buy", after, 3)).outcome is Outcome.APPLIED
+    updater.close()
+
+
+def test_events_before_the_seeded_window_are_stale(history_home, tmp_path):
+    """A known user's event at or before the oldest seeded event may be one the build already
+    counts: reported stale, nothing pushed, nothing changed; duplicates of seeded events and
+    late events inside the window are told apart exactly."""
+    paths, events = _copy_home(history_home, tmp_path)
+    user, mine = _busiest_user(events)
+    window = mine.iloc[-CONFIG.recent_sequence_length :]
+    oldest = window.iloc[0]
+    pushed: list = []
+    updater = OnlineUpdater(
+        UserState(paths.feast / "online_state.db", CONFIG),
+        push=pushed.append,
+        catalogue=lambda item_id: None,
+        config=CONFIG,
+    )
+    assert updater.state.horizon_us(user) == _us(oldest.event_time.to_pydatetime())
+    before = _state_tables(paths.feast / "online_state.db")
+    older = mine.iloc[0]  # counted by the build, outside the window: indistinguishable
+    stale = [
+        _event(older),
+        Event(user, 10**6, "view", oldest.event_time.to_pydatetime(), 1),
+        Event(user, 10**6, "view", older.event_time.to_pydatetime() - timedelta(days=1), 1),
+    ]
+    for event in stale:
+        result = updater.apply(event)
+        assert (result.outcome, result.rows) == (Outcome.STALE, None)
+        assert "waits for the next build" in result.reason
+    assert updater.apply(_event(window.iloc[5])).outcome is Outcome.DUPLICATE
+    assert _state_tables(paths.feast / "online_state.db") == before and not pushed
+    late = Event(user, 10**6, "view", oldest.event_time.to_pydatetime() + timedelta(seconds=1), 1)
+    assert updater.apply(late).outcome is Outcome.APPLIED
+    new_user = Event(10**7, 10**6, "view", older.event_time.to_pydatetime(), 1)
+    assert updater.apply(new_user).outcome is Outcome.APPLIED  # no history: nothing to repeat
+    updater.close()
+
+
+def test_seeding_refuses_a_build_of_another_config_or_time(history_home, tmp_path):
+    paths, events = _copy_home(history_home, tmp_path)
+    with pytest.raises(SeedError, match="short half-life is 86400.0 but .* says 43200.0"):
+        seed_state(paths, config=FeatureConfig(short_half_life_hours=12.0))
+    with pytest.raises(SeedError, match="the exports as of"):
+        seed_state(paths, expect_as_of=datetime(2020, 1, 1))
+    build(paths, as_of=events.event_time.max().to_pydatetime(), export=False)
+    with pytest.raises(F.MaterializationError, match="run `recsys build` again"):
+        F.materialize(paths)

@@ -73,8 +73,8 @@ def _last_time(events: pd.DataFrame, user: int):
 
 
 def _post_history(client, events: pd.DataFrame, user: int, category: int, start) -> None:
-    """Eight events in one category, one per 10 minutes from ``start``, for a user the online
-    updater does not know yet (its state starts empty, see the report on bootstrapping)."""
+    """Eight events in one category, one per 10 minutes from ``start``, for a user without
+    history (a new user id), so that the test alone decides the user's interests."""
     items = events[events.category_id == category].drop_duplicates("item_id").item_id
     batch = [
         {
@@ -174,6 +174,37 @@ def test_a_new_category_shows_up_within_the_call(home):
         assert old in {i["category_id"] for i in recs["items"]}  # the old interest stays
         again = client.get(f"/v1/users/{user}/recommendations").json()
     assert again["items"] == recs["items"]
+
+
+def test_a_known_users_event_adds_to_their_history(home):
+    """A user with history posts one event: the interests hold the history plus the event, as
+    the marts rebuilt with it say. The updater's state file is gone, so the service seeds it
+    from the warehouse at startup."""
+    paths, events = home
+    user = int(events.user_id.value_counts().index[0])
+    mine = events[events.user_id == user]
+    assert mine.category_id.nunique() > 1
+    item = mine.iloc[-1]
+    when = events.event_time.max().to_pydatetime() + timedelta(hours=1)
+    event = {"user_id": user, "item_id": int(item.item_id), "behavior": "buy"}
+    (paths.feast / "online_state.db").unlink()
+    with _client(paths) as client:
+        body = client.post("/v1/events", json=event | {"event_time": str(when)}).json()
+        assert body["results"][0]["outcome"] == "applied"
+        after = client.get(f"/v1/users/{user}/interests").json()
+    build(paths, as_of=when + timedelta(microseconds=1), snapshots=[])  # drained on shutdown
+    with duckdb.connect() as con:
+        want = con.execute(
+            "select * from read_parquet(?) where user_id = ?",
+            [str(paths.features / "user_interest.parquet"), user],
+        ).fetchdf()
+    for horizon in ("short", "long"):
+        got = after[horizon]
+        assert [c["category_id"] for c in got] == list(want[f"top_categories_{horizon}"][0])
+        assert [c["score"] for c in got] == pytest.approx(
+            list(want[f"top_scores_{horizon}"][0]), abs=1e-6
+        )
+    assert len(after["long"]) == mine.category_id.nunique()
 
 
 def test_exclude_purchased_policy(home):

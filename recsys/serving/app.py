@@ -10,8 +10,10 @@ Endpoints (OpenAPI at /docs and /openapi.json):
   ``{"events": [...]}`` (at most ``settings.max_batch``, else 413). Each event is validated,
   its category resolved (from the event, else the catalogue), committed to the durable inbox
   (see ``recsys.serving.inbox``), then applied by the ``OnlineUpdater``; the answer reports each
-  event's outcome (applied | duplicate | quarantined, as ``recsys.online`` defines them) and,
-  when asked, every posted user's refreshed top-k.
+  event's outcome (applied | duplicate | stale | quarantined, as ``recsys.online`` defines
+  them) and, when asked, every posted user's refreshed top-k. The updater continues each
+  user's history from the build (its state is seeded by ``recsys features materialize``, or
+  at startup when it is missing).
 - ``GET /v1/users/{user_id}/interests``: short/long top categories, the shift, migrations.
 - ``GET /healthz`` (process up), ``GET /readyz`` (online store reachable, catalogue loaded,
   model state: "loaded: ..." or "degraded: no model").
@@ -36,7 +38,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from recsys.online import Event, OnlineUpdater, Outcome, from_us, to_us
+from recsys.online import Event, OnlineUpdater, Outcome, from_us, seed_state, to_us
 from recsys.schema import BEHAVIOR_ALIASES
 from recsys.serving.candidates import (
     AnnSource,
@@ -105,7 +107,7 @@ class EventResult(BaseModel):
     index: int
     user_id: int
     item_id: int
-    outcome: Literal["applied", "duplicate", "quarantined"]
+    outcome: Literal["applied", "duplicate", "stale", "quarantined"]
     reason: str
 
 
@@ -133,7 +135,7 @@ class RecommendationsOut(BaseModel):
 
 
 class EventsOut(BaseModel):
-    accepted: int = Field(description="events durably stored (applied or duplicate)")
+    accepted: int = Field(description="events durably stored (applied, duplicate or stale)")
     results: list[EventResult]
     recommendations: list[RecommendationsOut] | None = None
 
@@ -244,6 +246,11 @@ class Service:
             ) from None
         updater = OnlineUpdater.for_store(paths, store, config=settings.features)
         updater.catalogue = catalogue.category_of
+        if updater.state.seeded_as_of() is None:  # materialised before seeding existed, or lost
+            report = seed_state(
+                paths, config=settings.features, lock_timeout_s=settings.lock_timeout_s
+            )
+            log.info(report.summary())
         model = (
             ModelState(ann, f"loaded: {type(ann.index).__name__} over the injected embeddings")
             if ann is not None
