@@ -391,9 +391,7 @@ def _validate(con, header_lines: int, raw_expr: str) -> int:
     return failed
 
 
-def _commit(
-    con, paths: Paths, source: Path, digest: str, fmt: str, failed: int
-) -> dict[str, int]:
+def _commit(con, paths: Paths, source: Path, digest: str, fmt: str, failed: int) -> dict[str, int]:
     """Attach the warehouse and write events, quarantine and the file record in one go."""
     rejected = _scalar(con, "select count(*) from raw_rejects")
     # Duplicates are found through a 64-bit hash of the natural key; rows whose hashes match
