@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOME_DIR ?= data
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint format bench clean
+.PHONY: help setup demo test lint format bench clean
 
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,9 +33,12 @@ format: $(BIN)/recsys ## Format and auto-fix with ruff.
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(BIN)/recsys ## Run the benchmarks (prints figures; takes minutes).
-	$(BIN)/python benchmarks/warehouse.py
+bench: $(BIN)/recsys ## Run every benchmark (prints figures; ~30 min; set REDIS_URL for Redis).
+	$(BIN)/python benchmarks/simulate.py
+	$(BIN)/python benchmarks/warehouse.py --sizes 1M,10M
 	$(BIN)/python benchmarks/feature_store.py
+	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/baselines.py
 
 clean: ## Remove the default home (./data) and caches.
 	rm -rf $(HOME_DIR) .pytest_cache .ruff_cache
