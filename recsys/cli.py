@@ -140,6 +140,12 @@ def build(
         except BuildError as exc:
             raise fail(str(exc)) from None
     console.print(report.summary())
+    if not no_export:
+        from recsys.migration_plots import plot_migrations
+
+        plot = plot_migrations(resolve_home(home))
+        if plot:
+            console.print(f"interest migrations plotted in {plot}")
 
 
 features_app = typer.Typer(

@@ -141,13 +141,15 @@ def ingest_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
 
 def build_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
     from recsys.build import build
+    from recsys.migration_plots import plot_migrations
 
     with console.status("building marts and feature exports") as status:
         report = build(
             paths, config=config.features, step=lambda label: status.update(f"built {label}")
         )
     console.print(report.summary())
-    return f"marts as of {report.as_of}"
+    plot = plot_migrations(paths)
+    return f"marts as of {report.as_of}" + (f"; migrations plotted in {plot}" if plot else "")
 
 
 def features_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
