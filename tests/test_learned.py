@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-pytest.importorskip("tensorflow")
+tf = pytest.importorskip("tensorflow")
 
 from recsys.learned import data as learned_data  # noqa: E402
 from recsys.learned.model import InterestModel  # noqa: E402
@@ -103,6 +103,16 @@ def test_save_load_round_trip(fitted, events, as_of, tmp_path):
     assert not [p for p in saved.parent.iterdir() if p.name.startswith(".")]
     loaded = InterestModel.load(saved)
     np.testing.assert_array_equal(loaded.recommend(users, K), model.recommend(users, K))
+    # The exported TFRS index (query tower inside) agrees with the service's numpy index.
+    from recsys.learned.serving import SavedRetrieval
+    from recsys.models.index import load_index
+
+    sample = model.retriever_.sample_query
+    scores, ids = load_index(saved / "index")({k: tf.constant(v) for k, v in sample.items()})
+    query = model.retriever_.query_tower(sample, training=False).numpy()
+    expected_ids, expected_scores = SavedRetrieval(saved).index.index.top_k(query, ids.shape[1])
+    np.testing.assert_array_equal(ids.numpy(), expected_ids)
+    np.testing.assert_allclose(scores.numpy(), expected_scores, rtol=1e-5, atol=1e-5)
 
 
 def test_load_rejects_a_folder_without_manifest(tmp_path):

@@ -1,8 +1,9 @@
 """GNN stage: item and user embeddings from the interest graph (recsys.models.gnn).
 
-The encoder trains by link prediction: graph as of t0, targets = interactions in [t0, t1). Its
-weights then embed the nodes of the graph as of any later time (t1 for the ranker's labelling
-pass, as_of for serving), so an embedding as of T only reflects edges before T.
+The encoder trains by link prediction (``recsys.models.gnn.train_gnn``): graph as of t0, targets
+= interactions in [t0, t1). Its weights then embed the nodes of the graph as of any later time
+(t1 for the ranker's labelling pass, as_of for serving), so an embedding as of T only reflects
+edges before T.
 """
 
 from __future__ import annotations
@@ -16,16 +17,13 @@ import tensorflow as tf
 
 from recsys.evaluation._scoring import IdIndex
 from recsys.learned.data import Edges, LearnedModelError
-from recsys.models.device import set_seeds
 from recsys.models.gnn import (
-    ITEM,
-    USER,
     GnnConfig,
+    GnnEmbeddings,
     LinkTargets,
-    build_gnn_encoder,
     build_graph,
     full_graph_embeddings,
-    in_batch_softmax_loss,
+    train_gnn,
 )
 from recsys.schema import BEHAVIORS
 
@@ -93,84 +91,54 @@ class GraphEncoder:
         self.config = config
         self._encoder: tf.keras.Model | None = None
 
-    def fit(self, edges: Edges, targets: LinkTargets) -> GraphEncoder:
-        """Full-graph training by in-batch softmax on ``targets`` (the graph's future links).
+    def fit(self, edges: Edges, targets: LinkTargets) -> GraphEmbeddings:
+        """Train by link prediction on ``targets`` (the graph's future links); returns the
+        embeddings on the training graph itself (as of ``edges.as_of``)."""
+        result = train_gnn(graph_at(edges, self.nodes), targets, config=self.config)
+        self._encoder = result.encoder
+        return self._embeddings(edges.as_of, result.embeddings)
 
-        ``recsys.models.gnn.train_gnn`` returns embeddings, not the encoder; the encoder is
-        needed to embed later graphs, so the loop runs here on the same building blocks.
-        """
-        from rich.progress import Progress
-
-        set_seeds(self.config.seed)
-        graph = graph_at(edges, self.nodes)
-        counts = {name: int(graph.node_sets[name].total_size) for name in graph.node_sets}
-        encoder = build_gnn_encoder(
-            graph_spec=graph.spec,
-            node_counts=counts,
-            hidden_dim=self.config.hidden_dim,
-            num_updates=self.config.num_updates,
-        )
-        optimizer = tf.keras.optimizers.Adam(self.config.learning_rate)
-
-        @tf.function(reduce_retracing=True)
-        def step(users, items, weights):
-            with tf.GradientTape() as tape:
-                states = encoder(graph, training=True)
-                loss = in_batch_softmax_loss(
-                    tf.gather(states[USER], users),
-                    tf.gather(states[ITEM], items),
-                    items,
-                    weights,
-                    temperature=self.config.temperature,
-                )
-            grads = tape.gradient(loss, encoder.trainable_variables)
-            optimizer.apply_gradients(
-                (g, v)
-                for g, v in zip(grads, encoder.trainable_variables, strict=True)
-                if g is not None
-            )
-            return loss
-
-        rng = np.random.default_rng(self.config.seed)
-        size = self.config.batch_size
-        n_steps = self.config.epochs * -(-len(targets.user) // size)
-        with Progress(disable=not self.config.show_progress, transient=True) as progress:
-            task = progress.add_task("GNN link prediction", total=n_steps)
-            for _ in range(self.config.epochs):
-                order = rng.permutation(len(targets.user))
-                for start in range(0, len(order), size):
-                    idx = order[start : start + size]
-                    loss = step(
-                        tf.constant(targets.user[idx]),
-                        tf.constant(targets.item[idx]),
-                        tf.constant(targets.weight[idx]),
-                    )
-                    progress.update(
-                        task, advance=1, description=f"GNN link prediction loss {float(loss):.3f}"
-                    )
-        self._encoder = encoder
-        return self
-
-    def embed(self, edges: Edges) -> tuple[np.ndarray, np.ndarray]:
-        """(user [n_users, d], item [n_items, d]) float32 embeddings on the graph of ``edges``."""
+    def embed(self, edges: Edges) -> GraphEmbeddings:
+        """User and item embeddings on the graph of ``edges`` (as of ``edges.as_of``)."""
         if self._encoder is None:
             raise LearnedModelError("GraphEncoder must be fitted before embed")
-        result = full_graph_embeddings(self._encoder, graph_at(edges, self.nodes))
-        return result.user.astype(np.float32), result.item.astype(np.float32)
+        graph = graph_at(edges, self.nodes)
+        return self._embeddings(edges.as_of, full_graph_embeddings(self._encoder, graph))
+
+    def _embeddings(self, as_of: datetime, result: GnnEmbeddings) -> GraphEmbeddings:
+        return GraphEmbeddings(
+            as_of,
+            user_ids=self.nodes.users.ids,
+            user=result.user.astype(np.float32),
+            item_ids=self.nodes.items.ids,
+            item=result.item.astype(np.float32),
+        )
 
 
 @dataclass(frozen=True)
 class GraphEmbeddings:
-    """Item embeddings by id as of one time: ``item_ids`` int64 [n], ``item`` float32 [n, d]."""
+    """GNN embeddings by id as of one time: ``*_ids`` int64 [n] ascending, ``user`` / ``item``
+    float32 [n, d]."""
 
     as_of: datetime
+    user_ids: np.ndarray
+    user: np.ndarray
     item_ids: np.ndarray
     item: np.ndarray
 
-    def lookup(self, item_ids: np.ndarray) -> np.ndarray:
+    def lookup_users(self, user_ids: np.ndarray) -> np.ndarray:
+        """float32 [len(user_ids), d]; zeros for unknown users."""
+        return lookup_embeddings(self.user_ids, self.user, user_ids)
+
+    def lookup_items(self, item_ids: np.ndarray) -> np.ndarray:
         """float32 [len(item_ids), d]; zeros for unknown items."""
-        index = IdIndex(self.item_ids)
-        pos = index.positions(item_ids)
-        out = np.zeros((len(pos), self.item.shape[1]), np.float32)
-        out[pos >= 0] = self.item[pos[pos >= 0]]
-        return out
+        return lookup_embeddings(self.item_ids, self.item, item_ids)
+
+
+def lookup_embeddings(ids: np.ndarray, embeddings: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Rows of ``embeddings`` (aligned with ascending ``ids``) for ``wanted`` ids: float32
+    [len(wanted), d], zeros for ids not in ``ids``."""
+    pos = IdIndex(ids).positions(wanted)
+    out = np.zeros((len(pos), embeddings.shape[1]), np.float32)
+    out[pos >= 0] = embeddings[pos[pos >= 0]]
+    return out

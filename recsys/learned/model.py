@@ -38,6 +38,13 @@ from recsys.models.gnn import GnnConfig
 MIGRATION_LOOKBACK = timedelta(days=7)
 MODEL_NAME = "interest_v1"
 MANIFEST_FILE, BLEND_FILE, ITEMS_FILE = "manifest.json", "blend.pkl", "items.parquet"
+# Serving artefacts (see ``InterestModel.save``).
+QUERY_TOWER_DIR, INDEX_DIR, ENCODER_FILE, ANN_FILE = (
+    "query_tower",
+    "index",
+    "encoder.pkl",
+    "ann.npz",
+)
 
 
 @dataclass(frozen=True)
@@ -47,10 +54,18 @@ class InterestConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     validation_window: timedelta = timedelta(days=1)
     ann_candidates: int = 100
+    # Full-graph GNN training: every step runs the whole graph, so big batches (few steps).
     gnn: GnnConfig = field(
-        default_factory=lambda: GnnConfig(hidden_dim=32, epochs=3, show_progress=True)
+        default_factory=lambda: GnnConfig(
+            hidden_dim=32, epochs=4, batch_size=4096, show_progress=True
+        )
     )
-    towers: object = None  # TowerConfig; None = defaults (kept lazy: TF stays off import paths)
+    # recsys.models.two_tower.TwoTowerConfig; None = ``retrieval.default_tower_config`` (kept
+    # lazy: TensorFlow stays off the CLI's import path).
+    towers: object = None
+    interest_slots: int = 5
+    sequence_length: int = 20
+    max_examples: int = 300_000
     show_progress: bool = True
 
 
@@ -140,8 +155,11 @@ class InterestModel:
         """Write the model to ``directory`` atomically (temp folder + rename) and return it.
 
         Layout: ``manifest.json`` (version, as_of, files), ``blend.pkl`` (ranker weights and the
-        fitted candidate generators, ANN embeddings included), ``query_tower/`` and
-        ``candidate_tower/`` (SavedModels, for the service), ``items.parquet`` (item table).
+        fitted candidate generators, ANN embeddings included), ``items.parquet`` (item table)
+        and, for the service (``recsys.learned.serving``): ``query_tower/`` (SavedModel),
+        ``index/`` (SavedModel of the TFRS top-k index with the query tower inside: query
+        feature dict -> (scores, item ids)), ``encoder.pkl`` (the feature encoder) and
+        ``ann.npz`` (item ids and embeddings, GNN user ids and embeddings, as of as_of).
         """
         self._require_fitted()
         directory = Path(directory)
@@ -155,8 +173,7 @@ class InterestModel:
                 )
             self.items_.write_parquet(partial / ITEMS_FILE)
             if self.retriever_ is not None:
-                self.retriever_.query_tower.save(partial / "query_tower")
-                self.retriever_.candidate_tower.save(partial / "candidate_tower")
+                self._save_retrieval(partial)
             manifest = {
                 "model": MODEL_NAME,
                 "version": directory.name,
@@ -171,6 +188,29 @@ class InterestModel:
             shutil.rmtree(partial, ignore_errors=True)
             raise
         return directory
+
+    def _save_retrieval(self, directory: Path) -> None:
+        from recsys.models.index import build_index, save_index
+
+        retriever, ann = self.retriever_, self.ann_
+        graph = retriever.graph[self.as_of_]
+        retriever.query_tower.save(directory / QUERY_TOWER_DIR)
+        index = build_index(
+            retriever.query_tower,
+            ann.item_ids_,
+            ann.items_,
+            k=min(self.config.ann_candidates, len(ann.item_ids_)),
+        )
+        save_index(index, directory / INDEX_DIR, retriever.sample_query)
+        with open(directory / ENCODER_FILE, "wb") as handle:
+            pickle.dump(retriever.encoder, handle)
+        np.savez(
+            directory / ANN_FILE,
+            item_ids=ann.item_ids_,
+            item_embeddings=ann.items_,
+            gnn_user_ids=graph.user_ids,
+            gnn_user=graph.user,
+        )
 
     @classmethod
     def load(cls, directory: Path, config: InterestConfig | None = None) -> InterestModel:

@@ -1,8 +1,10 @@
-"""Training the retrieval side (GNN, then the two towers) inside a ``PrivateHome``.
+"""Training the retrieval side inside a ``PrivateHome``: the GNN (``recsys.models.gnn``), then
+the TFRS two-tower (``recsys.models.two_tower``) on Feast point-in-time rows.
 
-``fit_retriever`` returns a ``Retriever`` that embeds users (query tower on Feast features as
-of T) and items (candidate tower on item features and GNN embeddings as of T) for T in
-{as_of - window, as_of}, the two times ``CandidateBlend`` fits its generators at.
+``fit_retriever`` returns a ``Retriever`` that embeds users (query tower on Feast features and
+GNN user embeddings as of T) and items (candidate tower on item features and GNN item
+embeddings as of T) for T in {as_of - window, as_of}, the two times ``CandidateBlend`` fits its
+generators at.
 """
 
 from __future__ import annotations
@@ -16,63 +18,84 @@ import tensorflow as tf
 
 from recsys.learned.data import LearnedModelError, PrivateHome, labelled_interactions
 from recsys.learned.graph import GraphEmbeddings, GraphEncoder, NodeIndex, link_targets
-from recsys.learned.towers import (
-    ITEM_DENSE,
-    QUERY_DENSE,
-    TowerConfig,
-    TowerData,
-    Vocabulary,
-    build_towers,
-    encode_candidates,
-    encode_queries,
-    train_towers,
+from recsys.learned.towers import ITEM_DENSE, QUERY_DENSE, FeatureEncoder
+from recsys.models.two_tower import (
+    QueryFeatureSpec,
+    RetrievalExamples,
+    TwoTowerConfig,
+    TwoTowerModel,
+    embed,
+    train_two_tower,
 )
 
-PREDICT_BATCH = 4096
+
+def default_tower_config(show_progress: bool = True) -> TwoTowerConfig:
+    """Small towers and few epochs: the whole fit stays within a couple of minutes on 2 CPUs."""
+    return TwoTowerConfig(
+        embedding_dim=32,
+        user_hash_bins=20_000,
+        learning_rate=3e-3,
+        batch_size=1024,
+        epochs=4,
+        patience=1,
+        show_progress=show_progress,
+    )
 
 
 @dataclass
 class Retriever:
-    """Trained towers plus the feature access needed to embed users and items as of T."""
+    """Trained TFRS towers plus the feature access needed to embed users and items as of T
+    (T in ``graph``: the times GNN embeddings were computed at)."""
 
     home: PrivateHome | None
-    vocab: Vocabulary
-    config: TowerConfig
-    query_tower: tf.keras.Model
-    candidate_tower: tf.keras.Model
+    encoder: FeatureEncoder
+    model: TwoTowerModel
     graph: dict[datetime, GraphEmbeddings]
     migrations: pl.DataFrame
-    # GNN embeddings as of as_of, for the Feast embedding files: (ids [n], float32 [n, d])
-    graph_users: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros((0, 0)))
-    history: list[tuple[float, float]] = field(default_factory=list)
+    sample_query: dict[str, np.ndarray]  # one row of query inputs (traces the exported index)
+    history: dict[str, list[float]] = field(default_factory=dict)
     examples: pl.DataFrame | None = None
 
+    @property
+    def query_tower(self) -> tf.keras.Model:
+        return self.model.query_model
+
     def embed_users(self, user_ids: np.ndarray, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
-        """(user ids with features [n], float32 [n, dim]) from query features as of ``as_of``."""
-        home = self._home()
+        """(user ids with features [n] ascending, float32 [n, dim]) from Feast query features
+        and GNN user embeddings as of ``as_of``."""
         entities = pl.DataFrame({"user_id": np.asarray(user_ids, np.int64)}).with_columns(
             event_timestamp=pl.lit(as_of).cast(pl.Datetime("us"))
         )
-        features = home.query_features(entities).filter(
-            pl.col("user_recent_sequence__seq_len").is_not_null()
+        features = (
+            self._home()
+            .query_features(entities)
+            .filter(pl.col("user_recent_sequence__seq_len").is_not_null())
+            .sort("user_id")
         )
-        inputs = encode_queries(features, self.vocab, self.config, home.config)
         ids = features["user_id"].to_numpy().astype(np.int64)
-        order = np.argsort(ids)
-        return ids[order], _predict(self.query_tower, inputs)[order]
+        inputs = self.encoder.encode_queries(features, self._graph(as_of).lookup_users(ids))
+        return ids, self._embed(self.model.query_model, inputs)
 
     def embed_items(self, item_ids: np.ndarray, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
-        """(item ids [n], float32 [n, dim]) from item features and GNN embeddings as of T."""
-        if as_of not in self.graph:
-            raise LearnedModelError(f"no GNN embeddings as of {as_of}")
+        """(item ids [n] ascending, float32 [n, dim]) from item features and GNN embeddings."""
+        graph = self._graph(as_of)
         entities = pl.DataFrame({"item_id": np.asarray(item_ids, np.int64)}).with_columns(
             event_timestamp=pl.lit(as_of).cast(pl.Datetime("us"))
         )
-        features = self._home().item_features(entities)
+        features = self._home().item_features(entities).sort("item_id")
         ids = features["item_id"].to_numpy().astype(np.int64)
-        inputs = encode_candidates(features, self.graph[as_of].lookup(ids), self.vocab)
-        order = np.argsort(ids)
-        return ids[order], _predict(self.candidate_tower, inputs)[order]
+        inputs = self.encoder.encode_candidates(features, graph.lookup_items(ids))
+        return ids, self._embed(self.model.candidate_model, inputs)
+
+    def _embed(self, tower: tf.keras.Model, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        if not len(next(iter(inputs.values()))):
+            return np.zeros((0, tower.output_shape[-1]), np.float32)
+        return embed(tower, inputs).astype(np.float32)
+
+    def _graph(self, as_of: datetime) -> GraphEmbeddings:
+        if as_of not in self.graph:
+            raise LearnedModelError(f"no GNN embeddings as of {as_of}")
+        return self.graph[as_of]
 
     def _home(self) -> PrivateHome:
         if self.home is None:
@@ -85,63 +108,68 @@ class Retriever:
         return self
 
 
-def _predict(model: tf.keras.Model, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    n = len(next(iter(inputs.values())))
-    out = [
-        model({k: v[start : start + PREDICT_BATCH] for k, v in inputs.items()}, training=False)
-        for start in range(0, n, PREDICT_BATCH)
-    ]
-    return np.concatenate([o.numpy() for o in out]) if out else np.zeros((0, 0), np.float32)
-
-
 def fit_retriever(home: PrivateHome, config) -> Retriever:
-    """GNN then two-tower training on the home's data (see ``recsys.learned.model``)."""
+    """GNN then two-tower training on the home's data (see ``recsys.learned.model``).
+
+    GNN: trained on the graph as of t0 = as_of - 2w to predict links in [t0, t1); its embeddings
+    as of t0 feed the towers' training rows, those as of t1 and as_of the fitted generators.
+    Towers: labels before t1 - w train, labels in [t1 - w, t1) stop early.
+    """
     window = config.validation_window
     as_of = home.as_of
     t1, t0 = as_of - window, as_of - 2 * window
-    tower_config = config.towers or TowerConfig(show_progress=config.show_progress)
+    tower_config = config.towers or default_tower_config(config.show_progress)
     events = home.events
     edges_t0, edges_t1 = home.edges(t0), home.edges(t1)
     edges_now, migrations = home.build_features()
 
     nodes = NodeIndex.from_events(events)
     targets = link_targets(labelled_interactions(events, t0, t1, home.config), nodes)
-    encoder = GraphEncoder(nodes, config.gnn).fit(edges_t0, targets)
-    graph = {}
-    for moment, edges in ((t1, edges_t1), (as_of, edges_now)):
-        users, items = encoder.embed(edges)
-        graph[moment] = GraphEmbeddings(moment, nodes.items.ids, items)
+    gnn = GraphEncoder(nodes, config.gnn)
+    graph = {t0: gnn.fit(edges_t0, targets), t1: gnn.embed(edges_t1), as_of: gnn.embed(edges_now)}
 
-    vocab = Vocabulary(nodes.items, nodes.categories)
+    encoder = FeatureEncoder(
+        nodes.items,
+        nodes.categories,
+        interest_slots=config.interest_slots,
+        sequence_length=config.sequence_length,
+    )
     examples = training_examples(home, labelled_interactions(events, None, t1, home.config))
-    examples = examples.tail(tower_config.max_examples)
+    examples = examples.tail(config.max_examples)
     is_validation = (examples["label_time"] >= t1 - window).to_numpy()
     data = {
-        split: _tower_data(examples.filter(mask), graph[t1], vocab, tower_config, home)
+        split: _retrieval_examples(examples.filter(mask), graph[t0], encoder)
         for split, mask in (("train", ~is_validation), ("validation", is_validation))
     }
-    if not len(data["train"]):
-        raise LearnedModelError(f"no two-tower training examples before {t1 - window}")
-    query_tower, candidate_tower = build_towers(
-        vocab=vocab,
-        config=tower_config,
-        n_query_dense=len(QUERY_DENSE),
-        n_item_dense=len(ITEM_DENSE),
-        graph_dim=graph[t1].item.shape[1],
+    if not len(data["train"]) or not len(data["validation"]):
+        raise LearnedModelError(
+            f"two-tower needs labels before and after {t1 - window}; got "
+            f"{len(data['train'])} and {len(data['validation'])}"
+        )
+    spec = QueryFeatureSpec(
+        n_items=len(nodes.items),
+        n_categories=len(nodes.categories),
+        dense_dim=len(QUERY_DENSE),
+        item_dense_dim=len(ITEM_DENSE),
+        interest_slots=config.interest_slots,
+        sequence_length=config.sequence_length,
+        gnn_dim=graph[t0].item.shape[1],
     )
-    history = train_towers(
-        query_tower, candidate_tower, data["train"], data["validation"], tower_config
+    result = train_two_tower(
+        data["train"],
+        data["validation"],
+        spec=spec,
+        config=tower_config,
+        checkpoint_dir=home.paths.home / "two_tower_checkpoints",
     )
     return Retriever(
         home=home,
-        vocab=vocab,
-        config=tower_config,
-        query_tower=query_tower,
-        candidate_tower=candidate_tower,
+        encoder=encoder,
+        model=result.model,
         graph=graph,
         migrations=migrations,
-        graph_users=(nodes.users.ids, users),
-        history=history,
+        sample_query={k: v[:1] for k, v in data["validation"].query.items()},
+        history=result.history,
         examples=examples.select(
             "user_id", "item_id", "label_time", "event_timestamp", "last_seq_item"
         ),
@@ -176,15 +204,12 @@ def training_examples(home: PrivateHome, interactions: pl.DataFrame) -> pl.DataF
     )
 
 
-def _tower_data(
-    examples: pl.DataFrame,
-    graph: GraphEmbeddings,
-    vocab: Vocabulary,
-    config: TowerConfig,
-    home: PrivateHome,
-) -> TowerData:
-    return TowerData(
-        queries=encode_queries(examples, vocab, config, home.config),
-        candidates=encode_candidates(examples, graph.lookup(examples["item_id"].to_numpy()), vocab),
-        weights=examples["weight"].to_numpy().astype(np.float32),
+def _retrieval_examples(
+    examples: pl.DataFrame, graph: GraphEmbeddings, encoder: FeatureEncoder
+) -> RetrievalExamples:
+    users, items = examples["user_id"].to_numpy(), examples["item_id"].to_numpy()
+    return RetrievalExamples(
+        query=encoder.encode_queries(examples, graph.lookup_users(users)),
+        candidate=encoder.encode_candidates(examples, graph.lookup_items(items)),
+        weight=examples["weight"].to_numpy().astype(np.float32),
     )

@@ -57,11 +57,11 @@ def train_home(
     model = InterestModel(config).fit(events, as_of)
     version = model_version()
     model_dir = model.save(paths.models / version)
-    retriever = model.retriever_
-    user_ids, users = retriever.graph_users
-    graph = retriever.graph[as_of]
+    graph = model.retriever_.graph[as_of]
     written = (
-        write_embeddings(paths.features, kind="user", ids=user_ids, embeddings=users, as_of=as_of),
+        write_embeddings(
+            paths.features, kind="user", ids=graph.user_ids, embeddings=graph.user, as_of=as_of
+        ),
         write_embeddings(
             paths.features, kind="item", ids=graph.item_ids, embeddings=graph.item, as_of=as_of
         ),

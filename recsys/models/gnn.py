@@ -464,6 +464,8 @@ class GnnTrainResult:
     mode: str  # "full" or "sampled"
     losses: tuple[float, ...]  # mean loss per epoch
     seconds_per_step: float  # median over the steps after the first (which traces)
+    # The trained encoder: embeds later graphs of the same node sets (``full_graph_embeddings``).
+    encoder: tf.keras.Model
 
 
 def choose_mode(graph: tfgnn.GraphTensor, config: GnnConfig) -> str:
@@ -542,7 +544,7 @@ def train_gnn(
     else:
         embeddings = sampled_embeddings(encoder, subgraphs, counts, batch_size=config.batch_size)
     timed = step_times[1:] or step_times
-    return GnnTrainResult(embeddings, mode, tuple(losses), float(np.median(timed)))
+    return GnnTrainResult(embeddings, mode, tuple(losses), float(np.median(timed)), encoder)
 
 
 def _full_graph_pairs(encoder: tf.keras.Model, graph: tfgnn.GraphTensor) -> Callable:

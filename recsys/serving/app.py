@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
@@ -203,9 +204,28 @@ class ModelState:
 
 
 def load_model(settings: ServiceSettings, catalogue: Catalogue) -> ModelState:
-    """The trained query tower + index from ``settings.models`` when present, else none."""
+    """The newest trained model in ``settings.models`` (``recsys.score.latest_model_dir``) as an
+    ``AnnSource``: its query tower on the user's online features, an index over its item
+    embeddings. No model there: none ("degraded: no model")."""
+    from recsys.score import ScoreError, latest_model_dir
+
+    try:
+        # latest_model_dir reads only ``.models``; settings.models may override the home's.
+        directory = latest_model_dir(SimpleNamespace(models=settings.models))
+    except ScoreError:
+        return ModelState(
+            None, f"degraded: no model (no trained query tower/index in {settings.models})"
+        )
+    # TensorFlow is imported only when a model exists.
+    from recsys.learned.data import LearnedModelError
+    from recsys.learned.serving import SavedRetrieval
+
+    try:
+        retrieval = SavedRetrieval(directory)
+    except LearnedModelError as exc:
+        return ModelState(None, f"degraded: no model ({exc})")
     return ModelState(
-        None, f"degraded: no model (no trained query tower/index in {settings.models})"
+        AnnSource(retrieval.query, retrieval.index, catalogue), f"loaded: {retrieval.version}"
     )
 
 
