@@ -29,16 +29,20 @@ def test_score_given_candidates_and_unknown_id():
         index.score(np.array([1.0, 2.0]), [999])
 
 
-def test_scann_path_finds_the_exact_best_on_a_clear_case():
+def test_scann_path_recalls_the_exact_best_and_rescored_exactly():
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(2000, 8)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     ids = np.arange(2000) + 10
     index = ix.EmbeddingIndex(ids, emb, method="scann")
-    # Unit vectors: each query's best match is itself (cosine 1), by a clear margin.
-    got, scores = index.top_k(emb[[17, 1234]], k=5)
-    assert got[:, 0].tolist() == [27, 1244]
-    np.testing.assert_allclose(scores[:, 0], 1.0, rtol=1e-4)
+    # Unit vectors: each query's best match is itself (cosine 1). ScaNN searches ~10% of its
+    # leaves, so it is judged as an ANN: it must recall nearly every exact best, and the
+    # re-scoring step must give exact scores for what it finds.
+    queries = rng.choice(2000, size=200, replace=False)
+    got, scores = index.top_k(emb[queries], k=5)
+    found = got[:, 0] == ids[queries]
+    assert found.mean() >= 0.95
+    np.testing.assert_allclose(scores[found, 0], 1.0, rtol=1e-4)
 
 
 def test_bad_method_and_k():
