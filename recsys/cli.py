@@ -231,10 +231,14 @@ def evaluate(
     baselines_only: Annotated[
         bool, typer.Option("--baselines-only", help="Skip the learned interest model.")
     ] = False,
+    ablations: Annotated[
+        bool,
+        typer.Option(help="Also fit the learned model without the GNN and without the sequence."),
+    ] = True,
     home: HomeOption = None,
 ) -> None:
     """Score every model and baseline on a global time split; write metrics.json and plots."""
-    from recsys.evaluate import EvaluationConfig, run_evaluation
+    from recsys.evaluate import EvaluationConfig, learned_models, run_evaluation
     from recsys.evaluation.errors import EvaluationError
     from recsys.ingest import IngestError, ingest_file
 
@@ -243,11 +247,7 @@ def evaluate(
         if events is not None:
             console.print(ingest_file(paths, events, fmt=format).summary())
         config = EvaluationConfig(tz=tz, test_day=test_day.date() if test_day else None)
-        models = {}
-        if not baselines_only:
-            from recsys.learned.model import InterestModel
-
-            models["interest_model"] = InterestModel
+        models = {} if baselines_only else learned_models(ablations=ablations)
         run_evaluation(paths, config=config, models=models, console=console)
     except (IngestError, EvaluationError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None

@@ -91,6 +91,31 @@ def baseline_factories(config: FeatureConfig) -> dict[str, RecommenderFactory]:
     }
 
 
+LEARNED_MODEL = "interest_model"
+
+
+def learned_models(*, ablations: bool) -> dict[str, RecommenderFactory]:
+    """The learned interest model and, with ``ablations``, its variants without the GNN
+    inputs and without the sequence encoder (same data, same seeds, one change each)."""
+
+    def variant(**flags: bool) -> RecommenderFactory:
+        def make() -> Recommender:
+            from dataclasses import replace
+
+            from recsys.learned.model import InterestConfig, InterestModel
+            from recsys.learned.retrieval import default_tower_config
+
+            return InterestModel(InterestConfig(towers=replace(default_tower_config(), **flags)))
+
+        return make
+
+    models = {LEARNED_MODEL: variant()}
+    if ablations:
+        models[f"{LEARNED_MODEL}-no_gnn"] = variant(use_gnn=False)
+        models[f"{LEARNED_MODEL}-no_sequence"] = variant(use_sequence=False)
+    return models
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     """Which split to evaluate: the last day of data (or ``test_day``) in time zone ``tz``."""

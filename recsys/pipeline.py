@@ -50,6 +50,7 @@ class PipelineConfig:
     simulator: SimulatorSource = field(default_factory=SimulatorSource)
     tz: str = "UTC"
     test_day: date | None = None
+    ablations: bool = False
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
     @classmethod
@@ -68,6 +69,7 @@ class PipelineConfig:
             simulator=_dataclass_from(SimulatorSource, raw.get("simulator", {}), path),
             tz=evaluation.get("tz", "UTC"),
             test_day=evaluation.get("test_day"),
+            ablations=evaluation.get("ablations", False),
         )
 
 
@@ -171,14 +173,14 @@ def train_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
 
 
 def evaluate_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
-    from recsys.evaluate import EvaluationConfig, run_evaluation
-    from recsys.learned.model import InterestModel
-    from recsys.score import LEARNED_MODEL
+    """The evaluation with the learned model; ablations only when the config asks (each is
+    one more fit, and the demo keeps to its time budget)."""
+    from recsys.evaluate import EvaluationConfig, learned_models, run_evaluation
 
     run = run_evaluation(
         paths,
         config=EvaluationConfig(tz=config.tz, test_day=config.test_day, features=config.features),
-        models={LEARNED_MODEL: InterestModel},
+        models=learned_models(ablations=config.ablations),
         console=console,
     )
     return f"run {run.run_id}, metrics in {run.run_dir}"

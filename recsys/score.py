@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from recsys.config import Paths
+from recsys.evaluate import LEARNED_MODEL
 from recsys.writeback import RunReport, open_for_read, write_run
 
-LEARNED_MODEL = "interest_model"
 MANIFEST = "manifest.json"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import duckdb
@@ -11,7 +12,7 @@ import polars as pl
 import pytest
 
 from recsys.config import resolve_home
-from recsys.evaluate import EvaluationConfig, run_evaluation
+from recsys.evaluate import EvaluationConfig, learned_models, run_evaluation
 from recsys.evaluation.split import last_day_split
 from recsys.warehouse import connect
 
@@ -92,3 +93,18 @@ def test_explicit_test_day_in_a_time_zone(home):
     run = run_evaluation(home, config=config, models={})
     assert run.split.train_end == datetime(2024, 3, 2, 16)
     assert run.split.test_end == datetime(2024, 3, 3, 16)
+
+
+def test_learned_models_and_their_ablations_change_one_flag_each():
+    assert list(learned_models(ablations=False)) == ["interest_model"]
+    models = learned_models(ablations=True)
+    assert list(models) == [
+        "interest_model",
+        "interest_model-no_gnn",
+        "interest_model-no_sequence",
+    ]
+    towers = {name: make().config.towers for name, make in models.items()}
+    full = towers["interest_model"]
+    assert (full.use_gnn, full.use_sequence) == (True, True)
+    assert towers["interest_model-no_gnn"] == replace(full, use_gnn=False)
+    assert towers["interest_model-no_sequence"] == replace(full, use_sequence=False)
