@@ -84,6 +84,9 @@ user_embeddings_source = _parquet(
 item_embeddings_source = _parquet(
     "item_embeddings", "Learned item embeddings, written by the models after training."
 )
+category_embeddings_source = _parquet(
+    "category_embeddings", "Learned category embeddings, written by the models after training."
+)
 
 # The online updater (recsys.online) pushes fresh user rows through these, online only.
 user_interest_push = PushSource(

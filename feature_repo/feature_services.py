@@ -6,6 +6,7 @@ always read with full feature names (``<view>__<feature>``).
 
 from feast import FeatureService
 from features import (
+    category_embedding,
     item_embedding,
     item_stats,
     user_behavior_funnel,
@@ -67,7 +68,7 @@ gnn_v1 = FeatureService(
 
 embeddings_v1 = FeatureService(
     name="embeddings_v1",
-    features=[user_embedding, item_embedding],
-    description="Learned user and item embeddings for retrieval and serving.",
+    features=[user_embedding, item_embedding, category_embedding],
+    description="Learned user, item and category embeddings for retrieval and serving.",
     tags={"model": "embeddings", "version": "v1"},
 )

@@ -10,6 +10,7 @@ one every two weeks, so a row stays servable for about as long as its signal las
 from datetime import timedelta
 
 from data_sources import (
+    category_embeddings_source,
     item_embeddings_source,
     item_stats_source,
     user_behavior_funnel_push,
@@ -18,7 +19,7 @@ from data_sources import (
     user_interest_shift_push,
     user_recent_sequence_push,
 )
-from entities import item, user
+from entities import category, item, user
 from feast import FeatureView, Field
 from feast.types import Array, Bool, Float32, Float64, Int64, String
 
@@ -281,5 +282,22 @@ item_embedding = FeatureView(
     ],
     online=True,
     source=item_embeddings_source,
+    tags={"team": "recsys", "filled_by": "models"},
+)
+
+category_embedding = FeatureView(
+    name="category_embedding",
+    description="Learned category embedding (GNN readout), written back by the models.",
+    entities=[category],
+    ttl=EMBEDDING_TTL,
+    schema=[
+        Field(
+            name="embedding",
+            dtype=Array(Float32),
+            description="The category's embedding vector, shape [d].",
+        ),
+    ],
+    online=True,
+    source=category_embeddings_source,
     tags={"team": "recsys", "filled_by": "models"},
 )

@@ -51,7 +51,11 @@ REPO_MODULES = ("entities", "data_sources", "features", "feature_services")
 FEATURES_DIR_ENV = "RECSYS_FEATURES_DIR"
 PROFILE_SERVICE = "user_profile_v1"
 # Views whose Parquet the models write later; materialised only once their file exists.
-OPTIONAL_VIEW_FILES = {"user_embedding": "user_embeddings", "item_embedding": "item_embeddings"}
+OPTIONAL_VIEW_FILES = {
+    "user_embedding": "user_embeddings",
+    "item_embedding": "item_embeddings",
+    "category_embedding": "category_embeddings",
+}
 
 
 class FeatureStoreError(Exception):

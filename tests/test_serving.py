@@ -547,3 +547,23 @@ def test_analysts_read_while_events_are_posted(home):
     assert analyst.returncode == 0, err
     assert out.strip() == "ok"
     assert len(_service_events(paths)) == 60
+
+
+def test_training_writes_user_item_and_category_embeddings_to_feast(trained):
+    """`recsys train` writes the GNN readouts to Parquet and the Feast embedding views."""
+    paths, events, report = trained
+    assert {p.name for p in report.embedding_files} == {
+        "user_embeddings.parquet",
+        "item_embeddings.parquet",
+        "category_embeddings.parquet",
+    }
+    store = F.feature_store(paths)
+    for view, key, entity in (
+        ("user_embedding", "user_id", int(events.user_id.iloc[0])),
+        ("item_embedding", "item_id", int(events.item_id.iloc[0])),
+        ("category_embedding", "category_id", int(events.category_id.iloc[0])),
+    ):
+        got = store.get_online_features(
+            features=[f"{view}:embedding"], entity_rows=[{key: entity}]
+        ).to_dict()["embedding"][0]
+        assert got is not None and len(got) > 0 and np.isfinite(got).all(), view

@@ -31,7 +31,11 @@ from recsys.warehouse import connect
 
 QUERY_SERVICE = "two_tower_v1_query"
 CANDIDATE_SERVICE = "two_tower_v1_candidate"
-EMBEDDING_FILES = {"user": "user_embeddings.parquet", "item": "item_embeddings.parquet"}
+EMBEDDING_FILES = {
+    "user": "user_embeddings.parquet",
+    "item": "item_embeddings.parquet",
+    "category": "category_embeddings.parquet",
+}
 
 
 class LearnedModelError(ValueError):
@@ -214,7 +218,9 @@ def write_embeddings(
     """``DIR/{kind}_embeddings.parquet`` with ({kind}_id, event_timestamp, embedding float32[d])
     for the Feast embedding views; written atomically."""
     if kind not in EMBEDDING_FILES:
-        raise LearnedModelError(f"embedding kind must be user or item, got {kind!r}")
+        raise LearnedModelError(
+            f"embedding kind must be one of {', '.join(EMBEDDING_FILES)}, got {kind!r}"
+        )
     if len(ids) != len(embeddings):
         raise LearnedModelError(f"{len(ids)} {kind} ids for {len(embeddings)} embeddings")
     directory.mkdir(parents=True, exist_ok=True)

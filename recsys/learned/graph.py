@@ -99,7 +99,7 @@ class GraphEncoder:
         return self._embeddings(edges.as_of, result.embeddings)
 
     def embed(self, edges: Edges) -> GraphEmbeddings:
-        """User and item embeddings on the graph of ``edges`` (as of ``edges.as_of``)."""
+        """User, item and category embeddings on the graph of ``edges`` (as of its as_of)."""
         if self._encoder is None:
             raise LearnedModelError("GraphEncoder must be fitted before embed")
         graph = graph_at(edges, self.nodes)
@@ -112,19 +112,23 @@ class GraphEncoder:
             user=result.user.astype(np.float32),
             item_ids=self.nodes.items.ids,
             item=result.item.astype(np.float32),
+            category_ids=self.nodes.categories.ids,
+            category=result.category.astype(np.float32),
         )
 
 
 @dataclass(frozen=True)
 class GraphEmbeddings:
     """GNN embeddings by id as of one time: ``*_ids`` int64 [n] ascending, ``user`` / ``item``
-    float32 [n, d]."""
+    / ``category`` float32 [n, d]."""
 
     as_of: datetime
     user_ids: np.ndarray
     user: np.ndarray
     item_ids: np.ndarray
     item: np.ndarray
+    category_ids: np.ndarray
+    category: np.ndarray
 
     def lookup_users(self, user_ids: np.ndarray) -> np.ndarray:
         """float32 [len(user_ids), d]; zeros for unknown users."""

@@ -58,13 +58,15 @@ def train_home(
     version = model_version()
     model_dir = model.save(paths.models / version)
     graph = model.retriever_.graph[as_of]
-    written = (
+    written = tuple(
         write_embeddings(
-            paths.features, kind="user", ids=graph.user_ids, embeddings=graph.user, as_of=as_of
-        ),
-        write_embeddings(
-            paths.features, kind="item", ids=graph.item_ids, embeddings=graph.item, as_of=as_of
-        ),
+            paths.features,
+            kind=kind,
+            ids=getattr(graph, f"{kind}_ids"),
+            embeddings=getattr(graph, kind),
+            as_of=as_of,
+        )
+        for kind in ("user", "item", "category")
     )
     applied = (paths.feast / "registry.db").exists()
     if applied:
