@@ -1,19 +1,25 @@
 """Service benchmark: HTTP latency and throughput of recommendations and events, against the
 raw parts they are made of, measured in the same run.
 
-Builds a simulated home (ingest -> build -> materialise), then for a 20k-item catalogue (exact
-numpy ANN) and a 1M-item one (the real items plus synthetic ones; IVF numpy ANN) starts the
-service in a subprocess on 127.0.0.1 (uvicorn, uvloop, httptools) and loads it from this
-process with a minimal keep-alive HTTP/1.1 client at concurrency 1 and 16:
+Builds a simulated home (ingest -> build -> materialise) and trains the interest model there
+(``recsys.learned.training.train_home``) when the home has none. Then, for two catalogues, it
+starts the service in a subprocess on 127.0.0.1 (uvicorn, uvloop, httptools) and loads it from
+this process with a minimal keep-alive HTTP/1.1 client at concurrency 1 and 16:
 
-- GET /v1/users/{id}/recommendations?k=20
-- POST /v1/events?return_recommendations=true (one view, refreshed top-20)
+- the home's catalogue (~20k items): the service as deployed, loading the trained model itself
+  (``load_model``: saved query tower + ``EmbeddingIndex`` over its item embeddings);
+- 1M items: the real catalogue padded with synthetic items; the real query tower, and an
+  ``EmbeddingIndex`` (ScaNN at this size) over the model's item embeddings tiled to 1M rows
+  (each synthetic item copies a real embedding plus N(0, (0.1 std)^2) noise per dimension).
 
-No trained model exists yet, so the ANN stage runs on random item embeddings with the
-recent-items query (RecentItemsQuery). The raw parts (online feature read, query embedding,
-ANN search) are timed in this process on the same home; "floor" = the sum of their p50s.
+Measured: GET /healthz (what the HTTP stack alone costs), GET
+/v1/users/{id}/recommendations?k=20 and POST /v1/events?return_recommendations=true (one view,
+refreshed top-20). The raw parts (online feature read, ``SavedRetrieval.query`` on a real
+profile, ANN top-20 search) are timed in this process on the same home and index; "floor" =
+the sum of their p50s.
 
-Usage: python benchmarks/serving.py [--users 2000 --items 20000 --days 5 --requests 2000]
+Usage: python benchmarks/serving.py [--home DIR --users 2000 --items 20000 --days 5
+--requests 2000]
 Targets on 2 cores: recommendations p99 < 10 ms at concurrency 1 with 1M items; event ->
 refreshed top-k p99 < 20 ms; endpoint p50 at most 1.5x the floor.
 """
@@ -43,7 +49,8 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-EMBEDDING_DIM = 32
+# Synthetic items' embeddings: a real one plus this much noise (x the per-dimension std).
+TILE_NOISE = 0.1
 
 
 def prepare(home: Path, users: int, items: int, days: int) -> None:
@@ -63,43 +70,101 @@ def prepare(home: Path, users: int, items: int, days: int) -> None:
     console.print(f"home {paths.home}: {sim.events.height:,} events")
 
 
-def components(home: Path, n_items: int):
-    """The catalogue (padded with synthetic items up to ``n_items``) and its ANN source."""
-    from recsys.config import FeatureConfig, resolve_home
-    from recsys.serving.ann import ExactIndex, IvfIndex, RecentItemsQuery
-    from recsys.serving.candidates import AnnSource
-    from recsys.serving.catalogue import Catalogue, load_catalogue
+def ensure_model(home: Path) -> None:
+    """Train and publish the interest model when the home has none."""
+    from recsys.config import resolve_home
+    from recsys.learned.training import train_home
+    from recsys.score import ScoreError, latest_model_dir
 
     paths = resolve_home(home)
-    real = load_catalogue(paths, lock_timeout_s=30)
+    try:
+        console.print(f"model: {latest_model_dir(paths).name}")
+    except ScoreError:
+        with console.status("training the interest model (train_home)"):
+            report = train_home(paths, console=console)
+        console.print(report.summary())
+
+
+def tiled_catalogue(real, n_items: int):
+    """The real catalogue plus synthetic items (random real categories, low popularity)."""
+    from recsys.serving.catalogue import Catalogue
+
     extra = max(n_items - len(real), 0)
     rng = np.random.default_rng(0)
-    categories = np.unique(real.category_ids)
-    catalogue = Catalogue(
+    return Catalogue(
         np.concatenate([real.item_ids, real.item_ids.max() + 1 + np.arange(extra)]),
-        np.concatenate([real.category_ids, rng.choice(categories, extra)]),
+        np.concatenate([real.category_ids, rng.choice(np.unique(real.category_ids), extra)]),
         np.concatenate([real.popularity, rng.random(extra) * real.popularity.min()]),
         migrations=real.migrations,
     )
-    embeddings = rng.standard_normal((len(catalogue), EMBEDDING_DIM)).astype(np.float32)
-    if len(catalogue) > 100_000:
-        index = IvfIndex.build(catalogue.item_ids, embeddings, n_lists=1024, n_probe=8)
-    else:
-        index = ExactIndex(catalogue.item_ids, embeddings)
-    query = RecentItemsQuery(catalogue.item_ids, embeddings, FeatureConfig())
-    return catalogue, AnnSource(query, index, catalogue)
+
+
+def tiled_embeddings(model_ids, model_embeddings, item_ids) -> np.ndarray:
+    """float32 [len(item_ids), d]: the model's embedding for its items; every other item a
+    model embedding (taken in turn) plus Gaussian noise of TILE_NOISE x its per-dim std."""
+    rng = np.random.default_rng(0)
+    n = len(item_ids)
+    out = model_embeddings[np.arange(n) % len(model_ids)] + rng.normal(
+        0.0, TILE_NOISE * model_embeddings.std(axis=0), (n, model_embeddings.shape[1])
+    ).astype(np.float32)
+    positions = np.searchsorted(item_ids, model_ids)
+    out[positions] = model_embeddings  # model items are all in the catalogue (checked below)
+    return out
+
+
+def components(home: Path, n_items: int):
+    """(catalogue, AnnSource, description): the deployed ones for the home's own catalogue
+    (``n_items`` = 0), the tiled ones (module doc) for ``n_items`` items."""
+    from recsys.config import resolve_home
+    from recsys.learned.serving import IndexSearch, SavedRetrieval
+    from recsys.models.index import EmbeddingIndex
+    from recsys.score import latest_model_dir
+    from recsys.serving.app import load_model
+    from recsys.serving.candidates import AnnSource
+    from recsys.serving.catalogue import load_catalogue
+    from recsys.serving.settings import ServiceSettings
+
+    paths = resolve_home(home)
+    real = load_catalogue(paths, lock_timeout_s=30)
+    if not n_items:
+        model = load_model(ServiceSettings(paths=paths), real)
+        assert model.ann is not None, model.status
+        index = model.ann.index.index
+        description = (
+            f"{len(real):,} catalogue items; trained query tower + its index "
+            f"({len(index.ids):,} items, {index.method})"
+        )
+        return real, model.ann, description
+    retrieval = SavedRetrieval(latest_model_dir(paths))
+    catalogue = tiled_catalogue(real, n_items)
+    model_ids, model_embeddings = retrieval.index.index.ids, retrieval.index.index.embeddings
+    if not np.isin(model_ids, catalogue.item_ids).all():
+        raise SystemExit("the model knows items the catalogue does not")
+    index = EmbeddingIndex(
+        catalogue.item_ids, tiled_embeddings(model_ids, model_embeddings, catalogue.item_ids)
+    )
+    index.top_k(np.zeros(model_embeddings.shape[1], np.float32), 32)  # ScaNN for k <= 32
+    description = (
+        f"trained query tower; index = its {len(model_ids):,} item embeddings tiled to "
+        f"{len(catalogue):,} (+N(0, ({TILE_NOISE} std)^2) noise), {index.method}"
+    )
+    return catalogue, AnnSource(retrieval.query, IndexSearch(index), catalogue), description
 
 
 def serve(home: Path, n_items: int, port: int) -> None:
-    """The service process: the app with the benchmark's catalogue and ANN."""
+    """The service process: as deployed, or with the tiled catalogue and index."""
     import uvicorn
 
     from recsys.config import resolve_home
     from recsys.serving.app import create_app
     from recsys.serving.settings import ServiceSettings
 
-    catalogue, ann = components(home, n_items)
-    app = create_app(ServiceSettings(paths=resolve_home(home)), ann=ann, catalogue=catalogue)
+    settings = ServiceSettings(paths=resolve_home(home))
+    if not n_items:
+        app = create_app(settings)
+    else:
+        catalogue, ann, _ = components(home, n_items)
+        app = create_app(settings, ann=ann, catalogue=catalogue)
     uvicorn.run(
         app,
         host="127.0.0.1",
@@ -167,25 +232,26 @@ def timed(fn, arguments: list) -> np.ndarray:
     return out
 
 
-def raw_parts(home: Path, n_items: int, users: list[int], repeats: int) -> dict[str, np.ndarray]:
-    """The online feature read, the query embedding and the ANN search, timed in-process."""
+def raw_parts(home: Path, n_items: int, users: list[int], repeats: int):
+    """The online feature read, the query tower and the ANN search, timed in-process, and the
+    description of the ANN stage."""
     from recsys import features as F
     from recsys.config import resolve_home
     from recsys.serving.profile import OnlineProfileReader
 
-    paths = resolve_home(home)
-    _, ann = components(home, n_items)
-    reader = OnlineProfileReader(F.feature_store(paths))
+    _, ann, description = components(home, n_items)
+    reader = OnlineProfileReader(F.feature_store(resolve_home(home)))
     sample = random.Random(1).choices(users, k=repeats)
-    profiles = [reader.read(u) for u in sample]
-    queries = [q for q in (ann.query(p) for p in profiles if p is not None) if q is not None]
-    return {
+    profiles = [p for p in (reader.read(u) for u in sample) if p is not None]
+    queries = [ann.query(p) for p in profiles]
+    parts = {
         "online feature read (provider.online_read)": timed(reader.read, sample),
-        "query embedding (recent-items mean; no trained tower)": timed(ann.query, profiles),
-        f"ANN search top-20 ({type(ann.index).__name__})": timed(
+        "query tower (SavedRetrieval.query on a real profile)": timed(ann.query, profiles),
+        f"ANN search top-20 (EmbeddingIndex, {len(ann.index.index.ids):,} items)": timed(
             lambda q: ann.index.search(q, 20), queries
         ),
     }
+    return parts, description
 
 
 def free_port() -> int:
@@ -249,6 +315,10 @@ def bench_catalogue(home: Path, n_items: int, requests: int, users: list[int], t
                 json.dumps(event).encode(),
             )
 
+        health = [("GET", "/healthz", b"")] * requests
+        asyncio.run(load(port, health[:200], 1))  # warm-up
+        latencies, rate = asyncio.run(load(port, health, 1))
+        rows.append(("GET /healthz (HTTP stack alone), concurrency 1", latencies, rate))
         for concurrency in (1, 16):
             asyncio.run(load(port, gets[:200], concurrency))  # warm-up
             latencies, rate = asyncio.run(load(port, gets, concurrency))
@@ -263,11 +333,10 @@ def bench_catalogue(home: Path, n_items: int, requests: int, users: list[int], t
     finally:
         process.terminate()
         process.wait()
-    parts = raw_parts(home, n_items, users, 1000)
+    parts, description = raw_parts(home, n_items, users, 1000)
     floor = sum(float(np.median(v)) for v in parts.values())
-    table = Table(
-        title=f"serving, {n_items:,} items (ANN over random embeddings: no trained model)"
-    )
+    size = f"{n_items:,} items" if n_items else "the home's own catalogue"
+    table = Table(title=f"serving, {size}: {description}")
     for column in ("measure", "p50 ms", "p99 ms", "req/s", "p50 / floor"):
         table.add_column(column)
     for name, values in parts.items():
@@ -286,7 +355,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--days", type=int, default=5)
     parser.add_argument("--requests", type=int, default=2_000)
-    parser.add_argument("--catalogues", default="20000,1000000")
+    parser.add_argument(
+        "--catalogues", default="0,1000000", help="item counts; 0 = the home's own catalogue"
+    )
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--catalogue", type=int, default=0, help=argparse.SUPPRESS)
@@ -300,6 +371,7 @@ def main() -> None:
     home = args.home or Path(tempfile.mkdtemp(prefix="recsys-bench-serving-"))
     if not (home / "feast" / "registry.db").exists():
         prepare(home, args.users, args.items, args.days)
+    ensure_model(home)
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         users = [r[0] for r in con.execute("select user_id from user_interest_shift").fetchall()]
         (t0,) = con.execute("select max(event_time) from events").fetchone()

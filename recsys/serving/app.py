@@ -220,6 +220,7 @@ def load_model(settings: ServiceSettings, catalogue: Catalogue) -> ModelState:
     from recsys.learned.data import LearnedModelError
     from recsys.learned.serving import SavedRetrieval
 
+    _one_tensorflow_thread()
     try:
         retrieval = SavedRetrieval(directory)
     except LearnedModelError as exc:
@@ -227,6 +228,19 @@ def load_model(settings: ServiceSettings, catalogue: Catalogue) -> ModelState:
     return ModelState(
         AnnSource(retrieval.query, retrieval.index, catalogue), f"loaded: {retrieval.version}"
     )
+
+
+def _one_tensorflow_thread() -> None:
+    """One thread per TensorFlow pool: a request runs the query tower on one row, which more
+    threads do not speed up, while their spinning takes the cores the event loop, the inbox
+    drain and co-located processes need (measured in benchmarks/serving.py)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already ran in this process (tests): its pools stay
+        log.info("TensorFlow already initialised; keeping its thread pools")
 
 
 @dataclass

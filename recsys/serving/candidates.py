@@ -153,8 +153,10 @@ class AnnSource:
         embedding = self.query(profile)
         if embedding is None:
             return []
-        item_ids, scores = self.index.search(embedding, k)
+        # k grows with the user's purchases (the caller's pool); a power of two keeps the values
+        # an index sees few, as some build a search structure per k (the TFRS ScaNN layer).
+        item_ids, scores = self.index.search(embedding, 1 << (k - 1).bit_length())
         return [
             Candidate(item, score, self.name, self.catalogue.category_of(item))
-            for item, score in zip(item_ids.tolist(), scores.tolist(), strict=True)
+            for item, score in zip(item_ids[:k].tolist(), scores[:k].tolist(), strict=True)
         ]
