@@ -120,6 +120,75 @@ def test_load_rejects_a_folder_without_manifest(tmp_path):
         InterestModel.load(tmp_path)
 
 
+def online_profiles(events: pl.DataFrame, as_of: datetime) -> list[tuple[int, dict]]:
+    """Online-profile dicts built from each user's events before ``as_of`` (long sequences and
+    interest lists, so truncation matters), plus hand-made edge cases."""
+    from recsys.learned import towers as T
+
+    before = events.filter(pl.col("event_time") < as_of).sort("event_time", descending=True)
+    profiles = []
+    for (user,), rows in before.group_by("user_id", maintain_order=True):
+        counts = rows["category_id"].value_counts(sort=True)
+        gaps = [(as_of - t).total_seconds() for t in rows["event_time"]]
+        behaviors = rows["behavior"].to_list()
+        features = {
+            T.SEQ_ITEMS: rows["item_id"].to_list(),
+            T.SEQ_BEHAVIORS: behaviors,
+            T.SEQ_GAPS: gaps,
+            T.INTEREST_CATEGORIES: counts["category_id"].to_list(),
+            T.INTEREST_SCORES: counts["count"].cast(pl.Float64).to_list(),
+        }
+        for i, column in enumerate(T.QUERY_DENSE):
+            features[column] = float(len(behaviors) * (i - 3)) / 7.0
+        features["user_behavior_funnel__hours_since_last_event"] = gaps[0] / 3600.0
+        profiles.append((int(user), features))
+    unknown = {
+        T.SEQ_ITEMS: [10**12, profiles[0][1][T.SEQ_ITEMS][0], -5],
+        T.SEQ_BEHAVIORS: ["buy", "view", "cart"],
+        T.SEQ_GAPS: [1.5, float("nan"), 7200.0],
+        T.INTEREST_CATEGORIES: [10**12, profiles[0][1][T.INTEREST_CATEGORIES][0]],
+        T.INTEREST_SCORES: [0.25, float("nan")],
+        "user_behavior_funnel__n_view": float("nan"),
+        "user_behavior_funnel__hours_since_last_event": None,
+    }
+    empty = {T.SEQ_ITEMS: [], T.SEQ_BEHAVIORS: [], T.SEQ_GAPS: [], T.INTEREST_SCORES: [0.0]}
+    return [*profiles, (10**9, unknown), (10**9 + 1, empty), (10**9 + 2, {})]
+
+
+def test_query_row_encoding_equals_the_batch_encoder(fitted, events, as_of):
+    from recsys.learned.towers import profile_frame
+
+    encoder = fitted[0].retriever_.encoder
+    profiles = online_profiles(events, as_of)
+    assert max(len(f.get("user_recent_sequence__seq_item_ids", [])) for _, f in profiles) > (
+        encoder.sequence_length
+    )
+    rng = np.random.default_rng(0)
+    for user_id, features in profiles:
+        gnn = rng.normal(size=8).astype(np.float32)
+        row = encoder.encode_query_row(user_id, features, gnn)
+        batch = encoder.encode_queries(profile_frame(user_id, features), gnn[None])
+        assert row.keys() == batch.keys()
+        for name, expected in batch.items():
+            assert row[name].dtype == expected.dtype, name
+            np.testing.assert_array_equal(row[name], expected, err_msg=name)
+    # Hand-checked edge cases: unknown ids and pads are -1; the empty profile is all padding.
+    unknown = encoder.encode_query_row(10**9, profiles[-3][1], np.zeros(8))
+    assert unknown["seq_items"][0, [0, 2, 3]].tolist() == [-1, -1, -1]
+    assert unknown["seq_items"][0, 1] >= 0 and unknown["interest_categories"][0, 0] == -1
+    np.testing.assert_array_equal(unknown["seq_behaviors"][0, :4], [3, 0, 1, 0])
+    empty = encoder.encode_query_row(10**9 + 2, {}, np.zeros(8))
+    assert (empty["seq_items"] == -1).all() and not empty["interest_scores"].any()
+
+
+def test_query_row_encoding_rejects_an_unknown_behaviour(fitted):
+    encoder = fitted[0].retriever_.encoder
+    with pytest.raises(learned_data.LearnedModelError, match="teleport"):
+        encoder.encode_query_row(
+            1, {"user_recent_sequence__seq_behaviors": ["view", "teleport"]}, np.zeros(8)
+        )
+
+
 def test_recommend_frame_schema_sources_and_reasons(fitted, events, as_of):
     model, _ = fitted
     users = np.unique(events.filter(pl.col("event_time") < as_of)["user_id"].to_numpy())[:40]

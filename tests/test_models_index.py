@@ -76,3 +76,28 @@ def test_saved_model_round_trip_gives_identical_top_k(method, tmp_path):
     if method == "brute_force":
         expected = np.argsort(-(tower(queries).numpy() @ emb.T), axis=1)[:, :3]
         np.testing.assert_array_equal(before_ids.numpy(), ids[expected])
+
+
+def test_scann_builds_one_layer_for_several_k_and_their_prefixes_agree(monkeypatch):
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(3000, 8)).astype(np.float32)
+    index = ix.EmbeddingIndex(np.arange(3000) + 10, emb, method="scann")
+    built = []
+    original = ix._topk_layer
+
+    def spy(*args, **kwargs):
+        built.append(kwargs["k"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ix, "_topk_layer", spy)
+    queries = rng.normal(size=(20, 8)).astype(np.float32)
+    ids_5, scores_5 = index.top_k(queries, k=5)
+    ids_50, scores_50 = index.top_k(queries, k=50)
+    assert built == [ix.SCANN_LAYER_MIN_K]
+    assert ids_5.shape == scores_5.shape == (20, 5) and ids_50.shape == (20, 50)
+    np.testing.assert_array_equal(ids_5, ids_50[:, :5])
+    np.testing.assert_array_equal(scores_5, scores_50[:, :5])
+    assert (np.diff(scores_50, axis=1) <= 0).all()
+    # A k beyond the layer's rebuilds it once for that k.
+    assert index.top_k(queries, k=300)[0].shape == (20, 300)
+    assert built == [ix.SCANN_LAYER_MIN_K, 300]

@@ -2,7 +2,8 @@
 
 One encoder serves training (point-in-time ``two_tower_v1_query`` / ``two_tower_v1_candidate``
 rows from Feast) and the service (a ``user_profile_v1`` online row, same views and names, via
-``profile_frame``), so the query tower sees identically encoded inputs in both.
+``profile_frame``, or ``encode_query_row`` per request without polars), so the query tower sees
+identically encoded inputs in both.
 
 Query inputs (n rows; N = ``interest_slots``, L = ``sequence_length``, see the two-tower module):
 ``user_id`` int64 [n] (raw), ``dense`` float32 [n, len(QUERY_DENSE)] (log-compressed),
@@ -86,6 +87,21 @@ def _padded(lists: pl.Series, length: int) -> np.ndarray:
     return out
 
 
+def _padded_row(values: Any, length: int) -> np.ndarray:
+    """``_padded`` for one row's list (None = empty): float64 [1, length], NaN padded."""
+    out = np.full((1, length), np.nan)
+    head = np.asarray([] if values is None else list(values)[:length], np.float64)
+    out[0, : len(head)] = head
+    return out
+
+
+def _dense_value(value: Any, column: str) -> float:
+    """One ``_dense`` input before compression: None/NaN -> 0, or 'never' for hours."""
+    if value is None or np.isnan(value := float(value)):
+        return NEVER_HOURS if "hours_since" in column else 0.0
+    return value
+
+
 def _positions(padded: np.ndarray, index: IdIndex) -> np.ndarray:
     """Vocabulary positions of a NaN-padded id array; -1 at pads and unknown ids."""
     known = ~np.isnan(padded)
@@ -127,6 +143,42 @@ class FeatureEncoder:
             "seq_behaviors": np.nan_to_num(_padded(behaviors, length)).astype(np.int64),
             "seq_gap_hours": (np.nan_to_num(gaps) / 3600.0).astype(np.float32),
             "gnn_user": _rows(gnn_user, n),
+        }
+
+    def encode_query_row(
+        self, user_id: int, features: Mapping[str, Any], gnn_user: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """``encode_queries(profile_frame(user_id, features), gnn_user)`` without polars: the
+        same dict (batch of 1, same dtypes and shapes) for one online profile; ``gnn_user``
+        float32 [G] or [1, G]. The service calls this per request, where building a frame costs
+        several times the query tower itself."""
+        length = self.sequence_length
+        dense = np.array([[_dense_value(features.get(c), c) for c in QUERY_DENSE]])
+        interest_scores = np.nan_to_num(
+            _padded_row(features.get(INTEREST_SCORES), self.interest_slots)
+        )
+        total = interest_scores.sum(axis=1, keepdims=True)
+        behaviors = list(features.get(SEQ_BEHAVIORS) or ())
+        unknown = set(behaviors) - _BEHAVIOR_INDEX.keys()
+        if unknown:
+            raise LearnedModelError(f"unknown behaviours {sorted(map(str, unknown))} in profile")
+        gaps = _padded_row(features.get(SEQ_GAPS), length)
+        return {
+            "user_id": np.array([user_id], np.int64),
+            "dense": _compress(dense),
+            "interest_categories": _positions(
+                _padded_row(features.get(INTEREST_CATEGORIES), self.interest_slots),
+                self.categories,
+            ),
+            "interest_scores": (interest_scores / np.where(total > 0, total, 1.0)).astype(
+                np.float32
+            ),
+            "seq_items": _positions(_padded_row(features.get(SEQ_ITEMS), length), self.items),
+            "seq_behaviors": np.nan_to_num(
+                _padded_row([_BEHAVIOR_INDEX[b] for b in behaviors[:length]], length)
+            ).astype(np.int64),
+            "seq_gap_hours": (np.nan_to_num(gaps) / 3600.0).astype(np.float32),
+            "gnn_user": _rows(np.reshape(gnn_user, (1, -1)), 1),
         }
 
     def encode_candidates(

@@ -22,6 +22,8 @@ from recsys.models import ModelInputError
 # Catalogues at least this big use ScaNN under method="auto".
 SCANN_MIN_ITEMS = 100_000
 METHODS = ("auto", "brute_force", "scann")
+# The service's ScaNN layer returns at least this many; smaller k slice its results.
+SCANN_LAYER_MIN_K = 256
 # ScaNN's custom ops live in this namespace; SavedModel refuses unknown op namespaces.
 _SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
 
@@ -102,7 +104,8 @@ class EmbeddingIndex:
         self._row = {int(i): r for r, i in enumerate(self.ids)}
         if len(self._row) != len(self.ids):
             raise ModelInputError("candidate ids must be unique")
-        self._scann: dict[int, tfrs.layers.factorized_top_k.TopK] = {}
+        self._scann: tfrs.layers.factorized_top_k.TopK | None = None
+        self._scann_k = 0
 
     def top_k(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` candidates by dot product for query embeddings [Q, d] (or [d]).
@@ -113,7 +116,7 @@ class EmbeddingIndex:
         k = min(k, len(self.ids))
         if self.method == "scann":
             scores, ids = self._scann_layer(k)(tf.constant(queries))
-            return ids.numpy(), scores.numpy()
+            return ids.numpy()[:, :k], scores.numpy()[:, :k]
         scores = queries @ self.embeddings.T
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         top_scores = np.take_along_axis(scores, top, axis=1)
@@ -130,8 +133,11 @@ class EmbeddingIndex:
         return self.embeddings[rows] @ np.asarray(query_embedding, np.float32)
 
     def _scann_layer(self, k: int) -> tfrs.layers.factorized_top_k.TopK:
-        if k not in self._scann:
-            layer = _topk_layer(None, len(self.ids), k=k, method="scann")
+        """A ScaNN layer returning at least ``k``: built once for max(k, SCANN_LAYER_MIN_K) and
+        rebuilt only for a bigger k, since indexing a 1M-item catalogue takes seconds."""
+        if self._scann is None or k > self._scann_k:
+            self._scann_k = min(max(k, SCANN_LAYER_MIN_K), len(self.ids))
+            layer = _topk_layer(None, len(self.ids), k=self._scann_k, method="scann")
             layer.index(tf.constant(self.embeddings), tf.constant(self.ids))
-            self._scann[k] = layer
-        return self._scann[k]
+            self._scann = layer
+        return self._scann
