@@ -298,6 +298,9 @@ def train(home: HomeOption = None) -> None:
 @app.command()
 def score(
     k: Annotated[int, typer.Option(help="Recommendations per user (1..1000).")] = 50,
+    exclude_purchased: Annotated[
+        bool, typer.Option(help="Never recommend an item the user already bought.")
+    ] = True,
     retention: Annotated[int, typer.Option(help="Complete runs to keep.")] = 5,
     home: HomeOption = None,
 ) -> None:
@@ -306,7 +309,13 @@ def score(
     from recsys.writeback import WarehouseBusyError, WritebackError
 
     try:
-        report = score_all(resolve_home(home), k=k, retention=retention, console=console)
+        report = score_all(
+            resolve_home(home),
+            k=k,
+            exclude_purchased=exclude_purchased,
+            retention=retention,
+            console=console,
+        )
     except (ScoreError, WritebackError, WarehouseBusyError) as exc:
         raise fail(str(exc)) from None
     run = report.run
