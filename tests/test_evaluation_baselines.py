@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from recsys.config import FeatureConfig
 from recsys.evaluation._scoring import top_k_matrix
 from recsys.evaluation.baselines import (
     ALS,
@@ -14,6 +15,7 @@ from recsys.evaluation.baselines import (
     ItemKNN,
     Popularity,
     Repeat,
+    user_category_context,
 )
 from recsys.evaluation.errors import EvaluationError
 from recsys.evaluation.ranker import LogisticRanker
@@ -127,9 +129,22 @@ def test_logistic_ranker_learns_a_planted_direction():
         LogisticRanker().fit(x, np.zeros(2000))
 
 
-def test_blend_learns_that_bought_items_come_back():
+def test_user_category_context_by_hand():
+    # User 1: category 1 = view at 1h + buy at 48h, category 2 = view at 2h (HAND; the event
+    # at T is ignored). Short half-life 24h, long 336h.
+    context = user_category_context(HAND.filter(pl.col("event_time") < T), T, FeatureConfig())
+    row = context.filter(pl.col("user_id") == 1).sort("category_id")
+    short = np.array([2 ** (-1 / 24) + 4 * 2 ** (-48 / 24), 2 ** (-2 / 24)])
+    long = np.array([2 ** (-1 / 336) + 4 * 2 ** (-48 / 336), 2 ** (-2 / 336)])
+    np.testing.assert_allclose(row["ctx_share_short"], short / short.sum())
+    np.testing.assert_allclose(row["ctx_share_long"], long / long.sum())
+    np.testing.assert_allclose(row["ctx_rise"], short / short.sum() - long / long.sum())
+    np.testing.assert_allclose(row["ctx_recency"], [1 / 2, 1 / 3])
+
+
+def bought_items_come_back():
     """Each day every user views 6 items and buys 1; the next day they view the bought one
-    again plus new items. The blend must put yesterday's purchase first."""
+    again plus new items. Returns (events, as_of, each user's last purchase before as_of)."""
     rng = np.random.default_rng(2)
     rows, bought = [], {}
     for day in range(6, -1, -1):  # days before T (day 0 = the test day, excluded from fit)
@@ -143,8 +158,6 @@ def test_blend_learns_that_bought_items_come_back():
             rows.append((user, bought[user], user, "buy", hour - 2))
     events = frame(rows)
     as_of = T - timedelta(days=1)  # day 0 stays unseen
-    blend = CandidateBlend().fit(events, as_of)
-    recs = blend.recommend(np.arange(30), 10)
     last_buy = (
         events.filter((pl.col("event_time") < as_of) & (pl.col("behavior") == "buy"))
         .sort("event_time")
@@ -153,5 +166,30 @@ def test_blend_learns_that_bought_items_come_back():
         .sort("user_id")["item_id"]
         .to_numpy()
     )
+    return events, as_of, last_buy
+
+
+def test_blend_learns_that_bought_items_come_back():
+    """The blend must put yesterday's purchase first."""
+    events, as_of, last_buy = bought_items_come_back()
+    blend = CandidateBlend().fit(events, as_of)
+    recs = blend.recommend(np.arange(30), 10)
     assert (recs[:, 0] == last_buy).mean() >= 0.9
     assert set(blend.feature_names_) >= {"repeat_score", "transition_rr", "category_present"}
+    assert not blend.segment_rankers_
+
+
+def test_segmented_blend_scores_each_segment_with_its_own_ranker():
+    events, as_of, last_buy = bought_items_come_back()
+    blend = CandidateBlend(segment_by="repeat_present", category_context=True).fit(events, as_of)
+    # Unseen candidates are never touched again here: that segment keeps the pooled ranker.
+    assert set(blend.segment_rankers_) == {1.0}
+    assert {"ctx_share_short", "ctx_rise"} <= set(blend.feature_names_)
+    table = blend.features(np.arange(30))
+    x = table.select(blend.feature_names_).to_numpy()
+    seen = table["repeat_present"].to_numpy() == 1.0
+    scores = blend.score(table)
+    np.testing.assert_allclose(scores[seen], blend.segment_rankers_[1.0].score(x[seen]))
+    np.testing.assert_allclose(scores[~seen], blend.ranker.score(x[~seen]))
+    assert not np.allclose(scores[seen], blend.ranker.score(x[seen]))
+    assert (blend.recommend(np.arange(30), 10)[:, 0] == last_buy).mean() >= 0.9
