@@ -25,7 +25,6 @@ from feature_helpers import load_events
 from recsys import features as F
 from recsys.build import build
 from recsys.config import resolve_home
-from recsys.serving.ann import ExactIndex, RecentItemsQuery
 from recsys.serving.app import RecommendationsOut, create_app
 from recsys.serving.candidates import AnnSource
 from recsys.serving.catalogue import load_catalogue
@@ -360,15 +359,19 @@ def test_missing_home_fails_clearly(tmp_path):
 def test_ann_source_plugs_in(home):
     """An injected query function + index: its items come back as "ann" candidates."""
     paths, events = home
+    from recsys.learned.serving import IndexSearch
+    from recsys.models.index import EmbeddingIndex
+
     catalogue = load_catalogue(paths, lock_timeout_s=5)
     rng = np.random.default_rng(0)
     embeddings = rng.standard_normal((len(catalogue), 8)).astype(np.float32)
-    query = RecentItemsQuery(catalogue.item_ids, embeddings, ServiceSettings(paths).features)
-    ann = AnnSource(query, ExactIndex(catalogue.item_ids, embeddings), catalogue)
+    query_vector = rng.standard_normal(8).astype(np.float32)
+    index = IndexSearch(EmbeddingIndex(catalogue.item_ids, embeddings, method="brute_force"))
+    ann = AnnSource(lambda profile: query_vector, index, catalogue)
     user = int(events.user_id.iloc[0])
     settings = ServiceSettings(paths=paths, drain_interval_s=3600.0)
     with TestClient(create_app(settings, ann=ann, catalogue=catalogue)) as client:
-        assert client.get("/readyz").json()["model"].startswith("loaded: ExactIndex")
+        assert client.get("/readyz").json()["model"].startswith("loaded: IndexSearch")
         items = client.get(f"/v1/users/{user}/recommendations", params={"k": 50}).json()["items"]
     assert "ann" in {s for i in items for s in i["sources"]}
 

@@ -201,11 +201,17 @@ def build_query_tower(
     if config.use_gnn:
         parts.append(inputs["gnn_user"])
 
+    return tf.keras.Model(inputs, _head(parts, dim=d, name="query"), name="query_tower")
+
+
+def _head(parts: list[tf.Tensor], *, dim: int, name: str) -> tf.Tensor:
+    """Concatenated parts -> ReLU layer -> projection -> L2-normalised float32 [B, dim].
+
+    The projection is float32 even under mixed precision so that scores and the loss are."""
     joined = tf.keras.layers.Concatenate()(parts)
-    hidden = tf.keras.layers.Dense(d, activation="relu", name="query_hidden")(joined)
-    output = tf.keras.layers.Dense(d, dtype="float32", name="query_embedding")(hidden)
-    output = _l2_normalize(output)
-    return tf.keras.Model(inputs, output, name="query_tower")
+    hidden = tf.keras.layers.Dense(dim, activation="relu", name=f"{name}_hidden")(joined)
+    output = tf.keras.layers.Dense(dim, dtype="float32", name=f"{name}_embedding")(hidden)
+    return _l2_normalize(output)
 
 
 def build_candidate_tower(
@@ -232,11 +238,7 @@ def build_candidate_tower(
     ]
     if config.use_gnn:
         parts.append(inputs["gnn_item"])
-    joined = tf.keras.layers.Concatenate()(parts)
-    hidden = tf.keras.layers.Dense(d, activation="relu", name="candidate_hidden")(joined)
-    output = tf.keras.layers.Dense(d, dtype="float32", name="candidate_embedding")(hidden)
-    output = _l2_normalize(output)
-    return tf.keras.Model(inputs, output, name="candidate_tower")
+    return tf.keras.Model(inputs, _head(parts, dim=d, name="candidate"), name="candidate_tower")
 
 
 class TwoTowerModel(tfrs.Model):

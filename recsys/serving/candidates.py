@@ -24,9 +24,15 @@ from typing import Protocol
 import numpy as np
 
 from recsys.config import FeatureConfig
-from recsys.serving.ann import TopKIndex
 from recsys.serving.catalogue import Catalogue
 from recsys.serving.profile import UserProfile
+
+
+class TopKIndex(Protocol):
+    """Inner-product top-k: ``search(query [d], k)`` -> (item ids int64 [k'], scores [k']),
+    best first (``recsys.learned.serving.IndexSearch`` over ``recsys.models.index``)."""
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True, slots=True)
