@@ -1,10 +1,12 @@
 """Baselines and the candidate blend on hand examples and planted structure."""
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import polars as pl
 import pytest
+from event_frames import T
+from event_frames import frame as _frame
 
 from recsys.config import FeatureConfig
 from recsys.evaluation._scoring import top_k_matrix
@@ -20,20 +22,10 @@ from recsys.evaluation.baselines import (
 from recsys.evaluation.errors import EvaluationError
 from recsys.evaluation.ranker import LogisticRanker
 
-T = datetime(2026, 1, 10)
-
 
 def frame(rows):
     """rows: (user, item, category, behavior, hours before T)."""
-    return pl.DataFrame(
-        {
-            "user_id": [r[0] for r in rows],
-            "item_id": [r[1] for r in rows],
-            "category_id": [r[2] for r in rows],
-            "behavior": [r[3] for r in rows],
-            "event_time": [T - timedelta(hours=r[4]) for r in rows],
-        }
-    )
+    return _frame(rows, hours_before_t=True)
 
 
 # Half-life 24h scores of user 1: item 10 = 2^(-1/24) = 0.97, item 20 = 4 * 2^(-2) = 1.0,

@@ -5,6 +5,7 @@ from datetime import UTC, date, datetime, timedelta
 import numpy as np
 import polars as pl
 import pytest
+from event_frames import T, frame
 
 from recsys.evaluation.errors import EvaluationError
 from recsys.evaluation.split import (
@@ -14,21 +15,6 @@ from recsys.evaluation.split import (
     day_split,
     last_day_split,
 )
-
-T = datetime(2026, 1, 10)
-
-
-def frame(rows):
-    """rows: (user, item, category, behavior, hours relative to T)."""
-    return pl.DataFrame(
-        {
-            "user_id": [r[0] for r in rows],
-            "item_id": [r[1] for r in rows],
-            "category_id": [r[2] for r in rows],
-            "behavior": [r[3] for r in rows],
-            "event_time": [T + timedelta(hours=r[4]) for r in rows],
-        }
-    )
 
 
 def test_shanghai_day_split_is_16h_utc():
