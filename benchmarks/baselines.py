@@ -19,7 +19,8 @@ import numpy as np
 import polars as pl
 from rich.console import Console
 
-from recsys.config import FeatureConfig
+from recsys.config import FeatureConfig, resolve_home
+from recsys.evaluate import load_events
 from recsys.evaluation.baselines import (
     ALS,
     CandidateBlend,
@@ -33,29 +34,18 @@ from recsys.evaluation.metrics import evaluate
 from recsys.evaluation.plots import write_plots
 from recsys.evaluation.report import metrics_table, write_metrics_json
 from recsys.evaluation.split import EvaluationSet, build_evaluation_set, last_day_split
+from recsys.ingest import ingest_file
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "taobao_user_behavior_sample.csv"
 K = 50
 console = Console(width=220)
 
 
-def load_taobao(path: Path) -> pl.DataFrame:
-    """Canonical events from the raw CSV; rows with missing fields (the truncated tail) dropped."""
-    raw = pl.read_csv(
-        path,
-        has_header=False,
-        new_columns=["user_id", "item_id", "category_id", "behavior", "ts"],
-        truncate_ragged_lines=True,
-    )
-    complete = raw.drop_nulls()
-    console.print(f"dropped {raw.height - complete.height} incomplete row(s)")
-    return complete.select(
-        "user_id",
-        "item_id",
-        "category_id",
-        pl.col("behavior").replace({"pv": "view"}),
-        pl.from_epoch("ts").alias("event_time"),
-    )
+def load_taobao(path: Path, home: Path) -> pl.DataFrame:
+    """Canonical events through the project's own ingest (the truncated tail is quarantined)."""
+    paths = resolve_home(home)
+    console.print(ingest_file(paths, path, fmt="taobao").summary())
+    return load_events(paths)
 
 
 def run(name: str, model: Recommender, data: EvaluationSet) -> tuple[np.ndarray, float, float]:
@@ -90,7 +80,7 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="recsys-baselines-"))
     config = FeatureConfig()
     t0 = time.perf_counter()
-    events = load_taobao(DATA)
+    events = load_taobao(DATA, out / "home")
     split = last_day_split(events, tz="Asia/Shanghai")
     test = build_evaluation_set(events, split, config=config)
     valid = build_evaluation_set(events, split.validation(), config=config)

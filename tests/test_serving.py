@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -433,16 +435,26 @@ def _free_port() -> int:
 
 
 def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Block until uvicorn reports that the app's startup (its lifespan) completed, then
+    check /readyz. The service's stderr keeps being drained so that it never blocks."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in process.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the service exited during startup"
+    while True:
         try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the service did not become ready")
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue.Empty:
+            raise AssertionError(f"the service was not ready within {timeout_s}s") from None
+        assert line is not None, "the service exited during startup"
+        if "Application startup complete" in line:
+            assert httpx.get(f"{url}/readyz", timeout=5.0).status_code == 200
+            return
 
 
 def test_acknowledged_events_survive_a_crash(home):
@@ -465,7 +477,8 @@ def test_acknowledged_events_survive_a_crash(home):
             "3600",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_ready(url, process)
