@@ -30,7 +30,8 @@ import csv
 import hashlib
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
@@ -131,32 +132,43 @@ def ingest_file(
     spill = paths.home / "tmp"
     spill.mkdir(exist_ok=True)
     con = duckdb.connect(config={"memory_limit": STAGE_MEMORY_LIMIT, "temp_directory": str(spill)})
+    # hashlib releases the GIL, so the file's digest is computed while DuckDB reads it.
+    hashing = ThreadPoolExecutor(max_workers=1)
+    digest = hashing.submit(_sha256, source)
     try:
         con.execute("set timezone = 'UTC'")
         reader = _READERS[fmt]
-        header_lines, raw_expr = reader(con, source, mapping or {}, props)
-        failed = _validate(con, header_lines, raw_expr)
-        digest = _sha256(source)
-        counts = _commit(con, paths, source, digest, fmt, failed)
+        failed = _validate(con, reader(con, source, mapping or {}, props))
+        counts = _commit(con, paths, source, digest.result(), fmt, failed)
     except duckdb.Error as exc:
         raise IngestError(f"could not read {source.name} as {fmt}: {_first_line(exc)}") from exc
     finally:
         con.close()
+        hashing.shutdown(cancel_futures=True)
     return IngestReport(source=source, format=fmt, seconds=time.perf_counter() - started, **counts)
 
 
 # --- readers ---------------------------------------------------------------------------------
 #
-# Each reader creates:
-# - temp table `scan`: the source as read, in file order (its rowid is the record's ordinal);
-# - temp table `raw_rejects` (line, raw, reason): records DuckDB itself could not parse;
-# - temp view `raw_stage`: ordinal, user_id, item_id, category_id (BIGINT), behavior (VARCHAR),
-#   event_time (TIMESTAMP, NULL when unparseable), session_id, raw_time (VARCHAR);
-# and returns (header_lines, raw_expr): the lines before the first record, and an SQL
-# expression over `scan`'s columns that rebuilds a record's raw text for the quarantine.
+# Each reader creates temp view `source`: the records as read, in file order, so that checking
+# streams from the file in one pass. It returns a Staging: SQL over `source` (aliased `s`) for
+# each canonical column, and for a record's raw text (see `_concat`).
 
 
-def _read_taobao(con, source: Path, _mapping, _props) -> tuple[int, str]:
+@dataclass(frozen=True)
+class Staging:
+    header_lines: int  # lines before the first record
+    user_id: str
+    item_id: str
+    category_id: str
+    behavior: str  # as written in the source; aliases are resolved when checking
+    event_time: str  # a TIMESTAMP in UTC, NULL when unparseable
+    session_id: str
+    raw_time: str  # the source's time as text, quoted in the quarantine reason
+    raw: str
+
+
+def _read_taobao(con, source: Path, _mapping, _props) -> Staging:
     columns = {
         "user_id": "BIGINT",
         "item_id": "BIGINT",
@@ -164,20 +176,21 @@ def _read_taobao(con, source: Path, _mapping, _props) -> tuple[int, str]:
         "behavior": "VARCHAR",
         "ts": "BIGINT",
     }
-    _scan_csv(con, source, columns=columns, header=False)
-    con.execute(
-        """
-        create temp view raw_stage as
-        select rowid as ordinal, user_id, item_id, category_id, behavior,
-               to_timestamp(ts)::timestamp as event_time,
-               null::varchar as session_id, ts::varchar as raw_time
-        from scan
-        """
+    _source_csv(con, source, columns=columns, header=False)
+    return Staging(
+        header_lines=0,
+        user_id="s.user_id",
+        item_id="s.item_id",
+        category_id="s.category_id",
+        behavior="s.behavior",
+        event_time="to_timestamp(s.ts)::timestamp",
+        session_id="null::varchar",
+        raw_time="s.ts::varchar",
+        raw=_concat(columns),
     )
-    return 0, _concat(columns)
 
 
-def _read_retailrocket(con, source: Path, _mapping, props: list[Path]) -> tuple[int, str]:
+def _read_retailrocket(con, source: Path, _mapping, props: list[Path]) -> Staging:
     columns = {
         "timestamp": "BIGINT",
         "visitorid": "BIGINT",
@@ -186,62 +199,68 @@ def _read_retailrocket(con, source: Path, _mapping, props: list[Path]) -> tuple[
         "transactionid": "VARCHAR",
     }
     _require_header(con, source, list(columns))
-    _scan_csv(con, source, columns=columns, header=True)
-    category = f"{UNKNOWN_CATEGORY}::bigint"
-    join = ""
-    if props:
-        files = ", ".join(_sql_str(p) for p in props)
-        con.execute(
-            f"""
-            create temp table item_category as
-            select itemid as item_id, make_timestamp(timestamp * 1000) as valid_from,
-                   try_cast(value as bigint) as category_id
-            from read_csv([{files}], header=true, auto_detect=false,
-                          columns={{'timestamp': 'BIGINT', 'itemid': 'BIGINT',
-                                    'property': 'VARCHAR', 'value': 'VARCHAR'}})
-            where property = 'categoryid' and try_cast(value as bigint) is not null
-            """
-        )
-        # The category in force at the event's time; before the first snapshot, the earliest.
-        join = """
-            asof left join item_category c
-              on s.itemid = c.item_id and make_timestamp(s.timestamp * 1000) >= c.valid_from
-            left join (select item_id, arg_min(category_id, valid_from) as category_id
-                       from item_category group by all) f on s.itemid = f.item_id
-        """
-        category = f"coalesce(c.category_id, f.category_id, {UNKNOWN_CATEGORY})"
+    _source_csv(
+        con, source, columns=columns, header=True, name="source_events" if props else "source"
+    )
+    staging = Staging(
+        header_lines=1,
+        user_id="s.visitorid",
+        item_id="s.itemid",
+        category_id=f"{UNKNOWN_CATEGORY}::bigint",
+        behavior="s.event",
+        event_time="make_timestamp(s.timestamp * 1000)",
+        session_id="null::varchar",
+        raw_time="s.timestamp::varchar",
+        raw=_concat(columns),
+    )
+    if not props:
+        return staging
+    files = ", ".join(_sql_str(p) for p in props)
     con.execute(
         f"""
-        create temp view raw_stage as
-        select s.rowid as ordinal, s.visitorid as user_id, s.itemid as item_id,
-               {category} as category_id, s.event as behavior,
-               make_timestamp(s.timestamp * 1000) as event_time,
-               null::varchar as session_id, s.timestamp::varchar as raw_time
-        from scan s {join}
+        create temp table item_category as
+        select itemid as item_id, make_timestamp(timestamp * 1000) as valid_from,
+               try_cast(value as bigint) as category_id
+        from read_csv([{files}], header=true, auto_detect=false,
+                      columns={{'timestamp': 'BIGINT', 'itemid': 'BIGINT',
+                                'property': 'VARCHAR', 'value': 'VARCHAR'}})
+        where property = 'categoryid' and try_cast(value as bigint) is not null
         """
     )
-    return 1, _concat(columns)
+    # The category in force at the event's time; before the first snapshot, the earliest.
+    # The joins do not keep the file's order, so the events are numbered and sorted back.
+    con.execute(
+        f"""
+        create temp view source as
+        select s.* exclude (ordinal),
+               coalesce(c.category_id, f.category_id, {UNKNOWN_CATEGORY}) as resolved_category
+        from (select *, row_number() over () as ordinal from source_events) s
+        asof left join item_category c
+          on s.itemid = c.item_id and make_timestamp(s.timestamp * 1000) >= c.valid_from
+        left join (select item_id, arg_min(category_id, valid_from) as category_id
+                   from item_category group by all) f on s.itemid = f.item_id
+        order by s.ordinal
+        """
+    )
+    return replace(staging, category_id="s.resolved_category")
 
 
-def _read_csv_mapped(con, source: Path, mapping: dict[str, str], _props) -> tuple[int, str]:
+def _read_csv_mapped(con, source: Path, mapping: dict[str, str], _props) -> Staging:
     header = _header(source)
     select = _mapped_columns(header, mapping, source)
     # Typed ids let DuckDB's reader reject non-integers itself, with their line numbers.
     integer_sources = {select[c] for c in ("user_id", "item_id", "category_id") if c in select}
     columns = {name: "BIGINT" if name in integer_sources else "VARCHAR" for name in header}
-    _scan_csv(con, source, columns=columns, header=True)
-    _stage_mapped(con, select)
-    return 1, _concat(columns)
+    _source_csv(con, source, columns=columns, header=True)
+    return _stage_mapped(con, select, header_lines=1, raw=_concat(columns))
 
 
-def _read_parquet(con, source: Path, mapping: dict[str, str], _props) -> tuple[int, str]:
+def _read_parquet(con, source: Path, mapping: dict[str, str], _props) -> Staging:
     relation = f"read_parquet({_sql_str(source)})"
     header = [row[0] for row in con.execute(f"describe select * from {relation}").fetchall()]
     select = _mapped_columns(header, mapping, source)
-    con.execute(f"create temp table scan as select * from {relation}")
-    con.execute("create temp table raw_rejects (line bigint, raw varchar, reason varchar)")
-    _stage_mapped(con, select)
-    return 0, _concat(dict.fromkeys(header))
+    con.execute(f"create temp view source as select * from {relation}")
+    return _stage_mapped(con, select, header_lines=0, raw=_concat(dict.fromkeys(header)))
 
 
 _READERS = {
@@ -252,91 +271,153 @@ _READERS = {
 }
 
 
-def _scan_csv(con, source: Path, *, columns: dict[str, str], header: bool) -> None:
-    """Read a CSV into temp table `scan`; rows DuckDB cannot parse go to `raw_rejects`."""
+def _source_csv(
+    con, source: Path, *, columns: dict[str, str], header: bool, name: str = "source"
+) -> None:
+    """View a CSV as temp view `name`; when scanned, rows DuckDB cannot parse go to
+    temp table `csv_rejects`."""
     spec = ", ".join(f"{_sql_str(k)}: {_sql_str(v)}" for k, v in columns.items())
     con.execute(
         f"""
-        create temp table scan as
+        create temp view {name} as
         select * from read_csv({_sql_str(source)}, header={str(header).lower()},
             auto_detect=false, delim=',', quote='"', escape='"', columns={{{spec}}},
             store_rejects=true, rejects_table='csv_rejects', rejects_scan='csv_scans')
         """
     )
-    con.execute(
-        """
-        create temp table raw_rejects as
-        select line, any_value(csv_line) as raw,
-               string_agg(distinct error_type || ': ' || error_message, '; ') as reason
-        from csv_rejects group by line
-        """
-    )
 
 
-def _stage_mapped(con, select: dict[str, str]) -> None:
+def _stage_mapped(con, select: dict[str, str], *, header_lines: int, raw: str) -> Staging:
     """Stage a header-bearing source (CSV text or Parquet types) through a column mapping."""
-    types = {row[0]: row[1] for row in con.execute("describe scan").fetchall()}
+    types = {row[0]: row[1] for row in con.execute("describe source").fetchall()}
 
     def col(name: str, cast: str) -> str:
         if name not in select:
-            return "null"
-        source = _ident(select[name])
-        return source if types[select[name]] == cast.upper() else f"try_cast({source} as {cast})"
+            return f"null::{cast}"
+        column = "s." + _ident(select[name])
+        return column if types[select[name]] == cast.upper() else f"try_cast({column} as {cast})"
 
-    category = col("category_id", "bigint") if "category_id" in select else UNKNOWN_CATEGORY
-    time_column = select["event_time"]
-    con.execute(
-        f"""
-        create temp view raw_stage as
-        select rowid as ordinal,
-               {col("user_id", "bigint")} as user_id,
-               {col("item_id", "bigint")} as item_id,
-               {category} as category_id,
-               {col("behavior", "varchar")} as behavior,
-               {_time_expr(_ident(time_column), types[time_column])} as event_time,
-               {col("session_id", "varchar")} as session_id,
-               {_ident(time_column)}::varchar as raw_time
-        from scan
-        """
+    time_column = "s." + _ident(select["event_time"])
+    has_category = "category_id" in select
+    return Staging(
+        header_lines=header_lines,
+        user_id=col("user_id", "bigint"),
+        item_id=col("item_id", "bigint"),
+        category_id=col("category_id", "bigint") if has_category else f"{UNKNOWN_CATEGORY}::bigint",
+        behavior=col("behavior", "varchar"),
+        event_time=_time_expr(time_column, types[select["event_time"]]),
+        session_id=col("session_id", "varchar"),
+        raw_time=f"{time_column}::varchar",
+        raw=raw,
     )
+
+
+# Zone-less ISO layouts, the common case: strptime parses them 3x faster than the zone-aware
+# cast and, unlike a plain cast to TIMESTAMP, fails on an offset or zone name (rather than
+# dropping it), so those still reach the zone-aware cast.
+_NAIVE_ISO = (
+    "['%Y-%m-%dT%H:%M:%S.%f', '%Y-%m-%dT%H:%M:%S', '%Y-%m-%d %H:%M:%S.%f', "
+    "'%Y-%m-%d %H:%M:%S', '%Y-%m-%d']"
+)
 
 
 def _time_expr(column: str, duckdb_type: str) -> str:
     """SQL turning a source time column into a UTC TIMESTAMP (NULL when unparseable).
 
     Numbers are Unix seconds. Text is Unix seconds when numeric, else an ISO timestamp whose
-    explicit offset is honoured (a missing offset means UTC, the session time zone).
+    explicit offset or zone is honoured (a missing offset means UTC, the session time zone).
     """
     if duckdb_type.startswith(("TIMESTAMP", "DATE")):
         return f"{column}::timestamp"
     if duckdb_type in ("VARCHAR", "BLOB"):
         return (
-            f"coalesce(to_timestamp(try_cast({column} as double))::timestamp, "
+            f"coalesce(try_strptime({column}, {_NAIVE_ISO}), "
+            f"to_timestamp(try_cast({column} as double))::timestamp, "
             f"try_cast({column} as timestamptz)::timestamp)"
         )
     return f"to_timestamp({column}::double)::timestamp"
 
 
+# While checking, the source's own columns are carried under this prefix (not packed into a
+# struct, which costs 4x more), to rebuild the raw text of bad records.
+_SRC = "src_"
+
+
 def _concat(columns: dict[str, object]) -> str:
-    """SQL rebuilding a record's raw text from `scan` (aliased `s`)."""
-    return "concat_ws(',', " + ", ".join(f"s.{_ident(c)}::varchar" for c in columns) + ")"
+    """SQL rebuilding a record's raw text from the source columns carried while checking."""
+    return "concat_ws(',', " + ", ".join(f"{_ident(_SRC + c)}::varchar" for c in columns) + ")"
 
 
 # --- validation, de-duplication and the single write ---------------------------------------
 
+_REASON = f"""
+    case
+      when user_id is null then 'user_id is missing or not an integer'
+      when item_id is null then 'item_id is missing or not an integer'
+      when category_id is null then 'category_id is missing or not an integer'
+      when source_behavior is null then 'behavior is missing'
+      when behavior is null then 'unknown behavior ''' || source_behavior || ''''
+      when event_time is null then 'event_time is missing or unparseable: '
+           || coalesce('''' || raw_time || '''', 'null')
+      when event_time < {MIN_EVENT_TIME} then 'event_time before 1995: ' || event_time::varchar
+      when event_time > now()::timestamp + {MAX_FUTURE}
+           then 'event_time in the future: ' || event_time::varchar
+    end
+"""
 
-def _validate(con, header_lines: int, raw_expr: str) -> int:
-    """Check every staged record.
 
-    Creates temp table `checked` (every record with its physical line, the hash of its natural
-    key and, when invalid, a reason) and temp table `bad` (line, raw, reason) for the
-    quarantine. Returns how many records failed the checks here (the reader's own rejects not
-    counted). The source is parsed and checked once; later steps read `checked`.
+def _validate(con, staging: Staging) -> int:
+    """Check every record, reading the source once.
+
+    Creates temp table `checked`: every record in file order (DuckDB keeps insertion order, so
+    a record's rowid is its ordinal), with the hash of its natural key and, when invalid, a
+    reason and its raw text (built for bad records only). Then temp table `raw_rejects` (line,
+    raw, reason: records the reader itself could not parse), temp view `numbered` (`checked`
+    with each record's physical line) and temp table `bad` (line, raw, reason) for the
+    quarantine. Returns how many records failed the checks here, the reader's rejects not
+    counted.
     """
     aliases = ", ".join(f"({_sql_str(k)}, {_sql_str(v)})" for k, v in BEHAVIOR_ALIASES.items())
     con.execute(f"create temp table behavior_aliases(source, canonical) as values {aliases}")
-    line = f"{header_lines} + s.ordinal + 1"
-    gaps_join = ""
+    con.execute(
+        f"""
+        create temp table checked as
+        with typed as (
+            select {staging.user_id} as user_id, {staging.item_id} as item_id,
+                   {staging.category_id} as category_id, {staging.behavior} as source_behavior,
+                   {staging.event_time} as event_time, {staging.session_id} as session_id,
+                   {staging.raw_time} as raw_time, columns('(.*)') as '{_SRC}\\1'
+            from source s
+        ),
+        canonical as (
+            select t.*, a.canonical as behavior
+            from typed t
+            left join behavior_aliases a on lower(trim(t.source_behavior)) = a.source
+        ),
+        reasoned as (
+            select *, {_REASON} as reason from canonical
+        ),
+        final as (
+            select user_id, item_id, category_id, behavior, event_time, session_id,
+                   hash(user_id, item_id, behavior, event_time) as event_key, reason,
+                   case when reason is not null then {staging.raw} end as raw
+            from reasoned
+        )
+        select * from final
+        """
+    )
+    if _has_table(con, "csv_rejects"):
+        con.execute(
+            """
+            create temp table raw_rejects as
+            select line, any_value(csv_line) as raw,
+                   string_agg(distinct error_type || ': ' || error_message, '; ') as reason
+            from csv_rejects group by line
+            """
+        )
+    else:
+        con.execute("create temp table raw_rejects (line bigint, raw varchar, reason varchar)")
+    header = staging.header_lines
     if _scalar(con, "select count(*) from raw_rejects"):
         # The accepted record of 1-based rank a sits at line header + a + (rejected records
         # above it); the k-th rejected record (in line order) has line - header - k accepted
@@ -345,46 +426,27 @@ def _validate(con, header_lines: int, raw_expr: str) -> int:
             f"""
             create temp table reject_gaps as
             select gap, max(k) as k from (
-                select line - {header_lines} - row_number() over (order by line) as gap,
+                select line - {header} - row_number() over (order by line) as gap,
                        row_number() over (order by line) as k
                 from raw_rejects
             ) group by gap
             """
         )
-        gaps_join = "asof left join reject_gaps g on s.ordinal + 1 > g.gap"
-        line += " + coalesce(g.k, 0)"
+        con.execute(
+            f"""
+            create temp view numbered as
+            select c.*, {header} + c.ordinal + 1 + coalesce(g.k, 0) as line
+            from (select rowid as ordinal, * from checked) c
+            asof left join reject_gaps g on c.ordinal + 1 > g.gap
+            """
+        )
+    else:
+        con.execute(
+            f"create temp view numbered as "
+            f"select rowid as ordinal, *, {header} + rowid + 1 as line from checked"
+        )
     con.execute(
-        f"""
-        create temp table checked as
-        select s.ordinal, {line} as line,
-               s.user_id, s.item_id, s.category_id, a.canonical as behavior,
-               s.event_time, s.session_id,
-               hash(s.user_id, s.item_id, a.canonical, s.event_time) as event_key,
-               case
-                 when s.user_id is null then 'user_id is missing or not an integer'
-                 when s.item_id is null then 'item_id is missing or not an integer'
-                 when s.category_id is null then 'category_id is missing or not an integer'
-                 when s.behavior is null then 'behavior is missing'
-                 when a.canonical is null then 'unknown behavior ''' || s.behavior || ''''
-                 when s.event_time is null then 'event_time is missing or unparseable: '
-                      || coalesce('''' || s.raw_time || '''', 'null')
-                 when s.event_time < {MIN_EVENT_TIME} then 'event_time before 1995: '
-                      || s.event_time::varchar
-                 when s.event_time > now()::timestamp + {MAX_FUTURE}
-                      then 'event_time in the future: ' || s.event_time::varchar
-               end as reason
-        from raw_stage s
-        left join behavior_aliases a on lower(trim(s.behavior)) = a.source
-        {gaps_join}
-        """
-    )
-    con.execute(
-        f"""
-        create temp table bad as
-        select c.line, {raw_expr} as raw, c.reason
-        from checked c join scan s on s.rowid = c.ordinal
-        where c.reason is not null
-        """
+        "create temp table bad as select line, raw, reason from numbered where reason is not null"
     )
     failed = _scalar(con, "select count(*) from bad")
     con.execute("insert into bad select line, raw, reason from raw_rejects")
@@ -396,7 +458,7 @@ def _commit(con, paths: Paths, source: Path, digest: str, fmt: str, failed: int)
     rejected = _scalar(con, "select count(*) from raw_rejects")
     # Duplicates are found through a 64-bit hash of the natural key; rows whose hashes match
     # are then compared on the full key, so a hash collision never drops a distinct event.
-    con.execute("create temp view staged as select * from checked where reason is null")
+    con.execute("create temp view staged as select * from numbered where reason is null")
     valid = _scalar(con, "select count(*) from staged")
     con.execute(
         """
@@ -520,6 +582,12 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _has_table(con, name: str) -> bool:
+    return bool(
+        _scalar(con, f"select count(*) from duckdb_tables() where table_name = {_sql_str(name)}")
+    )
 
 
 def _scalar(con, sql: str) -> int:

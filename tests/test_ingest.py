@@ -214,3 +214,21 @@ def test_cli_reports_counts_and_errors_in_one_line(tmp_path):
     )
     assert bad_map.exit_code == 2
     assert "--map takes canonical=source" in bad_map.output
+
+
+def test_time_layouts_parse_to_utc_and_zones_are_honoured(home, tmp_path):
+    times = {
+        "2024-01-01T10:00:00": datetime(2024, 1, 1, 10),
+        "2024-01-01 10:00:00.250": datetime(2024, 1, 1, 10, 0, 0, 250_000),
+        "2024-01-01": datetime(2024, 1, 1),
+        "2024-01-01T10:00:00Z": datetime(2024, 1, 1, 10),
+        "2024-01-01T10:00:00+02:00": datetime(2024, 1, 1, 8),
+        "2024-01-01T10:00:00-0530": datetime(2024, 1, 1, 15, 30),
+        "2024-01-01 10:00:00 America/New_York": datetime(2024, 1, 1, 15),
+        "1704103200": datetime(2024, 1, 1, 10),
+    }
+    body = "".join(f"{i},1,1,view,{t}\n" for i, t in enumerate(times))
+    csv = _write(tmp_path / "t.csv", "user_id,item_id,category_id,behavior,event_time\n" + body)
+    assert ingest_file(home, csv, fmt="csv").loaded == len(times)
+    got = _rows(home, "select event_time from events order by user_id")
+    assert [g[0] for g in got] == list(times.values())
