@@ -1,13 +1,15 @@
-"""The service's pure parts: merging and blending, session interests."""
+"""The service's pure parts: merging and blending, session interests, catalogue lookups."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
 import pytest
 
 from recsys.config import FeatureConfig
 from recsys.serving.candidates import Candidate, category_weights, session_category_shares
+from recsys.serving.catalogue import Catalogue
 from recsys.serving.profile import UserProfile
 from recsys.serving.ranking import LinearBlend, merge
 
@@ -32,6 +34,7 @@ def test_merge_normalises_per_source_and_blends_linearly():
         Candidate(2, -1.0, "ann", None),
         Candidate(3, 1.0, "ann", 8),
     ]
+    candidates.append(Candidate(1, 3.0, "repeat", 7))  # a source's best score for an item counts
     merged = merge(candidates, ["repeat", "ann"])
     assert merged.item_ids == [1, 2, 3]
     assert merged.category_ids == [7, 7, 8]
@@ -53,3 +56,15 @@ def test_session_share_follows_the_latest_session_only():
     assert session_category_shares(profile, config) == pytest.approx({5: 0.8, 6: 0.2})
     weights = category_weights(profile, config)
     assert weights == pytest.approx({9: 0.375, 6: 0.125 + 0.1, 5: 0.4})
+
+
+def test_catalogue_categories_of_known_learned_and_unknown_items():
+    catalogue = Catalogue(np.array([30, 10, 20]), np.array([3, 1, 2]), np.array([0.3, 0.1, 0.2]))
+    catalogue.learn(25, 9)
+    catalogue.learn(10, 99)  # known items keep their warehouse category
+    items = np.array([20, 5, 25, 30, 10, 99], dtype=np.int64)
+    assert catalogue.categories_of(items) == [2, None, 9, 3, 1, None]
+    assert [catalogue.category_of(i) for i in items.tolist()] == [2, None, 9, 3, 1, None]
+    empty = Catalogue(np.array([], np.int64), np.array([], np.int64), np.array([]))
+    empty.learn(4, 8)
+    assert empty.categories_of(np.array([4, 5], dtype=np.int64)) == [8, None]

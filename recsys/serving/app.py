@@ -220,7 +220,7 @@ def load_model(settings: ServiceSettings, catalogue: Catalogue) -> ModelState:
     from recsys.learned.data import LearnedModelError
     from recsys.learned.serving import SavedRetrieval
 
-    _one_tensorflow_thread()
+    one_tensorflow_thread()
     try:
         retrieval = SavedRetrieval(directory)
     except LearnedModelError as exc:
@@ -230,7 +230,7 @@ def load_model(settings: ServiceSettings, catalogue: Catalogue) -> ModelState:
     )
 
 
-def _one_tensorflow_thread() -> None:
+def one_tensorflow_thread() -> None:
     """One thread per TensorFlow pool: a request runs the query tower on one row, which more
     threads do not speed up, while their spinning takes the cores the event loop, the inbox
     drain and co-located processes need (measured in benchmarks/serving.py)."""

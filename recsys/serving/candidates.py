@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -35,9 +35,9 @@ class TopKIndex(Protocol):
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One proposed item; ``score`` is on the source's own scale (higher is better)."""
+class Candidate(NamedTuple):
+    """One proposed item; ``score`` is on the source's own scale (higher is better). A tuple:
+    a request makes a few hundred, and a tuple is built in half a dataclass's time."""
 
     item_id: int
     score: float
@@ -113,19 +113,18 @@ class CategoryInterestSource:
         if profile is None:
             return []
         weights = category_weights(profile, self.config)
-        chosen = _best(weights, self.n_categories)
-        out: list[Candidate] = []
-        for category, weight in chosen:
+        scored: list[tuple[float, int, int]] = []
+        for category, weight in _best(weights, self.n_categories):
             items = self.catalogue.top_in_category(category, k)
-            if not items:
-                continue
-            top = items[0][2] or 1.0
-            out.extend(
-                Candidate(item, weight * max(pop, 0.0) / top, self.name, category)
-                for item, category, pop in items
-            )
-        out.sort(key=lambda c: (-c.score, c.item_id))
-        return out[:k]
+            if items:
+                top = items[0][2] or 1.0
+                scored.extend(
+                    (-weight * max(pop, 0.0) / top, item, category) for item, _, pop in items
+                )
+        scored.sort()  # best score first, then the smaller item id
+        return [
+            Candidate(item, -score, self.name, category) for score, item, category in scored[:k]
+        ]
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,13 @@ class AnnSource:
         # k grows with the user's purchases (the caller's pool); a power of two keeps the values
         # an index sees few, as some build a search structure per k (the TFRS ScaNN layer).
         item_ids, scores = self.index.search(embedding, 1 << (k - 1).bit_length())
+        item_ids = item_ids[:k]
         return [
-            Candidate(item, score, self.name, self.catalogue.category_of(item))
-            for item, score in zip(item_ids[:k].tolist(), scores[:k].tolist(), strict=True)
+            Candidate(item, score, self.name, category)
+            for item, score, category in zip(
+                item_ids.tolist(),
+                scores[:k].tolist(),
+                self.catalogue.categories_of(item_ids),
+                strict=True,
+            )
         ]

@@ -55,7 +55,7 @@ class Catalogue:
         by_category = np.lexsort((self.item_ids, -self.popularity, self.category_ids))
         self._by_category = by_category
         categories, starts = np.unique(self.category_ids[by_category], return_index=True)
-        ends = np.append(starts[1:], len(by_category))
+        ends = np.append(starts[1:], len(by_category))[: len(starts)]  # none when empty
         self._category_slices = {
             int(c): (int(s), int(e)) for c, s, e in zip(categories, starts, ends, strict=True)
         }
@@ -67,10 +67,19 @@ class Catalogue:
 
     def category_of(self, item_id: int) -> int | None:
         """The item's category, or None for an item never seen."""
-        position = int(np.searchsorted(self.item_ids, item_id))
-        if position < len(self.item_ids) and self.item_ids[position] == item_id:
-            return int(self.category_ids[position])
-        return self._learned.get(item_id)
+        return self.categories_of(np.array([item_id], dtype=np.int64))[0]
+
+    def categories_of(self, item_ids: np.ndarray) -> list[int | None]:
+        """``category_of`` for each item of an int64 [n] array, in one search."""
+        if not len(self.item_ids):
+            return [self._learned.get(item) for item in item_ids.tolist()]
+        positions = np.minimum(np.searchsorted(self.item_ids, item_ids), len(self.item_ids) - 1)
+        known = (self.item_ids[positions] == item_ids).tolist()
+        categories = self.category_ids[positions].tolist()
+        return [
+            category if found else self._learned.get(item)
+            for item, category, found in zip(item_ids.tolist(), categories, known, strict=True)
+        ]
 
     def learn(self, item_id: int, category_id: int) -> None:
         """Remember the category of an item that the warehouse did not know at startup."""

@@ -40,25 +40,25 @@ class UserProfile:
         value = self._by_name.get(name)
         return default if value is None else value
 
-    @property
+    @cached_property
     def short_interests(self) -> list[tuple[int, float]]:
         return list(
             zip(self.get("top_categories_short", []), self.get("top_scores_short", []), strict=True)
         )
 
-    @property
+    @cached_property
     def long_interests(self) -> list[tuple[int, float]]:
         return list(
             zip(self.get("top_categories_long", []), self.get("top_scores_long", []), strict=True)
         )
 
-    @property
+    @cached_property
     def sequence(self) -> list[tuple[int, int, str, float]]:
         """Recent events (item_id, category_id, behavior, gap_seconds), most recent first."""
         columns = [self.get(name, []) for name in SEQUENCE_FIELDS]
         return list(zip(*columns, strict=True))
 
-    @property
+    @cached_property
     def purchased(self) -> set[int]:
         """Items bought within the recent sequence (what ``exclude_purchased`` removes)."""
         return {item for item, _, behavior, _ in self.sequence if behavior == "buy"}

@@ -51,17 +51,22 @@ def merge(candidates: Sequence[Candidate], sources: Sequence[str]) -> MergedCand
     column = {name: j for j, name in enumerate(sources)}
     rows: dict[int, int] = {}
     categories: list[int | None] = []
-    entries: list[tuple[int, int, float]] = []
+    cell_rows: list[int] = []
+    cell_columns: list[int] = []
+    cell_scores: list[float] = []
     for c in candidates:
-        row = rows.setdefault(c.item_id, len(rows))
-        if row == len(categories):
+        row = rows.get(c.item_id)
+        if row is None:
+            row = rows[c.item_id] = len(categories)
             categories.append(c.category_id)
         elif categories[row] is None:
             categories[row] = c.category_id
-        entries.append((row, column[c.source], c.score))
+        cell_rows.append(row)
+        cell_columns.append(column[c.source])
+        cell_scores.append(c.score)
     raw = np.full((len(rows), len(sources)), np.nan)
-    for row, j, score in entries:
-        raw[row, j] = score if np.isnan(raw[row, j]) else max(raw[row, j], score)
+    # fmax ignores the NaN of an empty cell and keeps a source's best score for a repeated item
+    np.fmax.at(raw, (cell_rows, cell_columns), cell_scores)
     return MergedCandidates(list(rows), categories, list(sources), raw, _normalise(raw))
 
 
@@ -150,19 +155,26 @@ class Recommender:
             merged = merge(found, [s.name for s in self.sources])
             scores = np.asarray(self.scorer(profile, merged), dtype=np.float64)
             order = np.lexsort((np.asarray(merged.item_ids), -scores))[:k]
-            for row in order.tolist():
-                present = ~np.isnan(merged.raw[row])
-                ranked = np.argsort(-merged.normalised[row], kind="stable")
-                names = [merged.sources[j] for j in ranked.tolist() if present[j]]
+            # per item: its sources, best normalised score first (ties keep the source order)
+            ranked = np.argsort(-merged.normalised[order], axis=1, kind="stable").tolist()
+            present = (~np.isnan(merged.raw[order])).tolist()
+            reasons: dict[tuple[str, int | None], str] = {}
+            for row, score, columns, proposed in zip(
+                order.tolist(), scores[order].tolist(), ranked, present, strict=True
+            ):
+                names = [merged.sources[j] for j in columns if proposed[j]]
                 category = merged.category_ids[row]
+                key = (names[0], category)
+                if key not in reasons:
+                    reasons[key] = explain(names[0], category, migration, cold=profile is None)
                 items.append(
                     {
                         "item_id": merged.item_ids[row],
-                        "score": float(scores[row]),
+                        "score": score,
                         "category_id": category,
                         "source": names[0],
                         "sources": names,
-                        "reason": explain(names[0], category, migration, cold=profile is None),
+                        "reason": reasons[key],
                     }
                 )
         return {
