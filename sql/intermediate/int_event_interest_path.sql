@@ -1,24 +1,31 @@
--- one row per event before as_of, describing the event's category in the user's history up to
--- the event: short interest share right after it, long interest share right before it, when the
--- user first touched the category, and how many of the user's events since then were in it.
--- int_event_stream computes these from the events up to each one, so a row never depends on
--- as_of.
-with events as (
-    select * from int_ordered_events
+-- one row per event before as_of in the first migration_max_category_age of the user's history
+-- in its category, describing the category in the user's history up to the event: short
+-- interest share right after it, long interest share right before it, when the user first
+-- touched the category, and how many of the user's events since then were in it.
+-- int_category_entries computes these from the events up to each one; the events before as_of
+-- are a prefix of each user's history there.
+with entries as (
+    select * from int_category_entries
+),
+
+params as (
+    select * from stg_params
 ),
 
 final as (
     select
-        user_id,
-        category_id,
-        event_time,
-        user_event_number,
-        category_first_event_time,
-        category_events,
-        user_events_since_category_first,
-        share_short_after,
-        share_long_before
-    from events
+        entries.user_id,
+        entries.category_id,
+        entries.event_time,
+        entries.user_event_number,
+        entries.category_first_event_time,
+        entries.category_events,
+        entries.user_events_since_category_first,
+        entries.share_short_after,
+        entries.share_long_before
+    from entries
+    cross join params
+    where entries.event_time < params.as_of
 )
 
 select * from final

@@ -1,5 +1,5 @@
 -- one row per event of the whole history (every event, whatever as_of): its place in the user's
--- total order, its session link and its category's interest path up to it.
+-- total order, its session link and the user's interest masses up to it.
 -- materialized: table
 -- Computed once per build, because every column depends only on the event and the user's
 -- earlier events: the events before any as_of are a prefix of each user's order (time comes
@@ -89,65 +89,43 @@ ordered as (
         )
 ),
 
--- the user's order restricted to one category is the order by user_event_number
-by_category as (
-    select
-        ordered.*,
-        first_value(ordered.event_time) over by_user_category as category_first_event_time,
-        first_value(ordered.user_event_number) over by_user_category
-            as category_first_event_number,
-        row_number() over by_user_category as category_events,
-        sum(ordered.mass_short) over by_user_category as category_mass_short,
-        sum(ordered.mass_long) over by_user_category as category_mass_long
-    from ordered
-    window
-        by_user_category as (
-            partition by ordered.user_id, ordered.category_id
-            order by ordered.user_event_number
-            rows between unbounded preceding and current row
-        )
-),
-
 final as (
     select
-        by_category.user_id,
-        by_category.item_id,
-        by_category.category_id,
+        ordered.user_id,
+        ordered.item_id,
+        ordered.category_id,
         weights.behavior,
-        by_category.event_time,
-        by_category.session_id,
-        by_category.behavior_weight,
-        by_category.user_event_number,
+        ordered.event_time,
+        ordered.session_id,
+        ordered.behavior_weight,
+        ordered.user_event_number,
         -- an event without a session_id starts a gap session after a gap over the session gap
-        by_category.session_id is null
+        ordered.session_id is null
         and (
-            by_category.previous_time_in_source_session is null
+            ordered.previous_time_in_source_session is null
             or (
-                epoch_us(by_category.event_time)
-                - epoch_us(by_category.previous_time_in_source_session)
+                epoch_us(ordered.event_time)
+                - epoch_us(ordered.previous_time_in_source_session)
             )
             / 1e6 > params.session_gap_seconds
         ) as starts_gap_session,
         case
-            when by_category.session_id is not null
-                then by_category.previous_item_in_source_session
-            when by_category.previous_time_in_source_session is null then null
+            when ordered.session_id is not null
+                then ordered.previous_item_in_source_session
+            when ordered.previous_time_in_source_session is null then null
             when (
-                epoch_us(by_category.event_time)
-                - epoch_us(by_category.previous_time_in_source_session)
+                epoch_us(ordered.event_time)
+                - epoch_us(ordered.previous_time_in_source_session)
             )
             / 1e6 > params.session_gap_seconds then null
-            else by_category.previous_item_in_source_session
+            else ordered.previous_item_in_source_session
         end as previous_item_in_session,
-        by_category.category_first_event_time,
-        by_category.category_events,
-        by_category.user_event_number - by_category.category_first_event_number + 1
-            as user_events_since_category_first,
-        by_category.category_mass_short / by_category.user_mass_short as share_short_after,
-        (by_category.category_mass_long - by_category.mass_long)
-        / nullif(by_category.user_mass_long - by_category.mass_long, 0) as share_long_before
-    from by_category
-    inner join weights on weights.behavior_rank = by_category.behavior_rank
+        ordered.mass_short,
+        ordered.mass_long,
+        ordered.user_mass_short,
+        ordered.user_mass_long
+    from ordered
+    inner join weights on weights.behavior_rank = ordered.behavior_rank
     cross join params
 )
 

@@ -9,40 +9,35 @@ params as (
     select * from stg_params
 ),
 
--- the events before as_of are numbered 1..n in each user's order, so the last ones are those
--- above n - length: a hash join instead of sorting every event again
-counts as (
-    select
-        user_id,
-        max(user_event_number) as n_events
-    from events
-    group by user_id
-),
-
+-- the top recent_sequence_length events by their number in the user's order, most recent
+-- first: one hash aggregate keeping a small heap per user, instead of sorting every event
 recent as (
     select
         events.user_id,
-        events.item_id,
-        events.category_id,
-        events.behavior,
-        events.age_seconds,
-        events.user_event_number
+        max_by(
+            {
+                'item_id': events.item_id,
+                'category_id': events.category_id,
+                'behavior': events.behavior,
+                'gap_seconds': events.age_seconds
+            },
+            events.user_event_number,
+            params.recent_sequence_length
+        ) as last_events
     from events
-    inner join counts on counts.user_id = events.user_id
     cross join params
-    where events.user_event_number > counts.n_events - params.recent_sequence_length
+    group by events.user_id
 ),
 
 final as (
     select
         user_id,
-        list(item_id order by user_event_number desc) as seq_item_ids,
-        list(category_id order by user_event_number desc) as seq_category_ids,
-        list(behavior order by user_event_number desc) as seq_behaviors,
-        list(age_seconds order by user_event_number desc) as seq_gap_seconds,
-        count(*) as seq_len
+        list_transform(last_events, lambda e: e.item_id) as seq_item_ids,
+        list_transform(last_events, lambda e: e.category_id) as seq_category_ids,
+        list_transform(last_events, lambda e: e.behavior) as seq_behaviors,
+        list_transform(last_events, lambda e: e.gap_seconds) as seq_gap_seconds,
+        len(last_events) as seq_len
     from recent
-    group by user_id
 )
 
 select * from final
