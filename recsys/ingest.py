@@ -377,8 +377,12 @@ def _validate(con, staging: Staging) -> int:
     quarantine. Returns how many records failed the checks here, the reader's rejects not
     counted.
     """
-    aliases = ", ".join(f"({_sql_str(k)}, {_sql_str(v)})" for k, v in BEHAVIOR_ALIASES.items())
-    con.execute(f"create temp table behavior_aliases(source, canonical) as values {aliases}")
+    # The exact spelling first: the case-folding lookup runs only for the few rows it misses.
+    aliases = (
+        "MAP {"
+        + ", ".join(f"{_sql_str(k)}: {_sql_str(v)}" for k, v in BEHAVIOR_ALIASES.items())
+        + "}"
+    )
     con.execute(
         f"""
         create temp table checked as
@@ -390,9 +394,12 @@ def _validate(con, staging: Staging) -> int:
             from source s
         ),
         canonical as (
-            select t.*, a.canonical as behavior
-            from typed t
-            left join behavior_aliases a on lower(trim(t.source_behavior)) = a.source
+            select
+                *,
+                coalesce(
+                    {aliases}[source_behavior], {aliases}[lower(trim(source_behavior))]
+                ) as behavior
+            from typed
         ),
         reasoned as (
             select *, {_REASON} as reason from canonical
