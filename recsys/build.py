@@ -35,7 +35,7 @@ import duckdb
 
 from recsys.config import FeatureConfig, Paths
 from recsys.schema import BEHAVIORS
-from recsys.warehouse import connect
+from recsys.warehouse import DEFAULT_LOCK_TIMEOUT_S, connect
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 LAYERS: tuple[str, ...] = ("staging", "intermediate", "marts", "exports")
@@ -346,17 +346,20 @@ def build(
     export: bool = True,
     snapshots: Iterable[datetime] | None = None,
     step: Callable[[str], None] | None = None,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> BuildReport:
     """(Re)build views and mart tables as of ``as_of`` and, if ``export``, the Feast files.
 
     ``snapshots`` replaces the daily snapshot times (the final as_of is always added); ``step``
-    is called with a short label after each step (the CLI drives a progress bar with it).
+    is called with a short label after each step (the CLI drives a progress bar with it). The
+    warehouse lock of another process is waited for up to ``lock_timeout_s`` (then
+    ``WarehouseBusyError``).
     """
     if not paths.warehouse.exists():
         raise BuildError(f"no warehouse at {paths.warehouse}; run `recsys ingest FILE` first")
     models = load_models()
     seconds: dict[str, float] = {}
-    con = connect(paths, memory_limit=MEMORY_LIMIT)
+    con = connect(paths, memory_limit=MEMORY_LIMIT, lock_timeout_s=lock_timeout_s)
     try:
         con.execute(f"set temp_directory = '{paths.home / 'duckdb_tmp'}'")
         # marts are sets of rows (exports sort explicitly): let DuckDB write them in any order

@@ -58,6 +58,7 @@ def ingest(
 ) -> None:
     """Load a behaviour log into the warehouse; bad rows go to quarantine_events."""
     from recsys.ingest import IngestError, ingest_file, parse_mapping
+    from recsys.warehouse import WarehouseBusyError
 
     try:
         report = ingest_file(
@@ -67,7 +68,7 @@ def ingest(
             mapping=parse_mapping(mapping or []),
             item_properties=item_properties,
         )
-    except IngestError as exc:
+    except (IngestError, WarehouseBusyError) as exc:
         raise fail(str(exc)) from None
     console.print(report.summary())
 
@@ -125,6 +126,7 @@ def build(
 
     from recsys.build import BuildError
     from recsys.build import build as build_features
+    from recsys.warehouse import WarehouseBusyError
 
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
@@ -137,7 +139,7 @@ def build(
                 export=not no_export,
                 step=lambda label: progress.update(task, description=f"built {label}"),
             )
-        except BuildError as exc:
+        except (BuildError, WarehouseBusyError) as exc:
             raise fail(str(exc)) from None
     console.print(report.summary())
     if not no_export:
@@ -241,6 +243,7 @@ def evaluate(
     from recsys.evaluate import EvaluationConfig, learned_models, run_evaluation
     from recsys.evaluation.errors import EvaluationError
     from recsys.ingest import IngestError, ingest_file
+    from recsys.warehouse import WarehouseBusyError
 
     paths = resolve_home(home)
     try:
@@ -249,7 +252,7 @@ def evaluate(
         config = EvaluationConfig(tz=tz, test_day=test_day.date() if test_day else None)
         models = {} if baselines_only else learned_models(ablations=ablations)
         run_evaluation(paths, config=config, models=models, console=console)
-    except (IngestError, EvaluationError, FileNotFoundError) as exc:
+    except (IngestError, EvaluationError, FileNotFoundError, WarehouseBusyError) as exc:
         raise fail(str(exc)) from None
 
 
@@ -287,10 +290,11 @@ def train(home: HomeOption = None) -> None:
     write the embedding feature files and materialise them when the store is applied."""
     from recsys.learned.data import LearnedModelError
     from recsys.learned.training import train_home
+    from recsys.warehouse import WarehouseBusyError
 
     try:
         report = train_home(resolve_home(home), console=console)
-    except (LearnedModelError, FileNotFoundError) as exc:
+    except (LearnedModelError, FileNotFoundError, WarehouseBusyError) as exc:
         raise fail(str(exc)) from None
     console.print(report.summary(), highlight=False)
 
@@ -306,7 +310,8 @@ def score(
 ) -> None:
     """Top-k for every known user from the newest model, written back as a run."""
     from recsys.score import ScoreError, score_all
-    from recsys.writeback import WarehouseBusyError, WritebackError
+    from recsys.warehouse import WarehouseBusyError
+    from recsys.writeback import WritebackError
 
     try:
         report = score_all(

@@ -38,7 +38,7 @@ from feast.feature_view import FeatureView
 from recsys import online_store
 from recsys.config import FeatureConfig, Paths
 from recsys.online import SeedError, SeedReport, Snapshot, read_snapshot, write_snapshot
-from recsys.writeback import WarehouseBusyError
+from recsys.warehouse import WarehouseBusyError
 
 # Feast installs its own warning filters on import; ours must come after it.
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(ibis|duckdb|feast)")

@@ -38,7 +38,7 @@ import duckdb
 
 from recsys.config import Paths
 from recsys.schema import BEHAVIOR_ALIASES, EVENT_COLUMNS, REQUIRED_COLUMNS, UNKNOWN_CATEGORY
-from recsys.warehouse import BASE_TABLES_DDL
+from recsys.warehouse import BASE_TABLES_DDL, DEFAULT_LOCK_TIMEOUT_S, retry_on_lock
 
 FORMATS = ("taobao", "retailrocket", "csv", "parquet")
 # Events later than this after the ingest time are rejected as clock errors.
@@ -111,8 +111,12 @@ def ingest_file(
     fmt: str,
     mapping: dict[str, str] | None = None,
     item_properties: str | Path | Sequence[str | Path] | None = None,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> IngestReport:
-    """Load one event file into ``paths.warehouse``; see the module docstring for the rules."""
+    """Load one event file into ``paths.warehouse``; see the module docstring for the rules.
+
+    The warehouse is opened only for the final write, waiting up to ``lock_timeout_s`` for
+    another process's lock (then ``WarehouseBusyError``)."""
     started = time.perf_counter()
     source = Path(path).expanduser().resolve()
     if fmt not in FORMATS:
@@ -139,7 +143,7 @@ def ingest_file(
         con.execute("set timezone = 'UTC'")
         reader = _READERS[fmt]
         failed = _validate(con, reader(con, source, mapping or {}, props))
-        counts = _commit(con, paths, source, digest.result(), fmt, failed)
+        counts = _commit(con, paths, source, digest.result(), fmt, failed, lock_timeout_s)
     except duckdb.Error as exc:
         raise IngestError(f"could not read {source.name} as {fmt}: {_first_line(exc)}") from exc
     finally:
@@ -460,7 +464,9 @@ def _validate(con, staging: Staging) -> int:
     return failed
 
 
-def _commit(con, paths: Paths, source: Path, digest: str, fmt: str, failed: int) -> dict[str, int]:
+def _commit(
+    con, paths: Paths, source: Path, digest: str, fmt: str, failed: int, lock_timeout_s: float
+) -> dict[str, int]:
     """Attach the warehouse and write events, quarantine and the file record in one go."""
     rejected = _scalar(con, "select count(*) from raw_rejects")
     # Duplicates are found through a 64-bit hash of the natural key; rows whose hashes match
@@ -479,7 +485,11 @@ def _commit(con, paths: Paths, source: Path, digest: str, fmt: str, failed: int)
         ) where occurrence > 1
         """
     )
-    con.execute(f"attach {_sql_str(paths.warehouse)} as wh")
+    retry_on_lock(
+        lambda: con.execute(f"attach {_sql_str(paths.warehouse)} as wh"),
+        paths.warehouse,
+        lock_timeout_s,
+    )
     con.execute("use wh")
     con.execute("begin transaction")
     try:

@@ -9,17 +9,29 @@ Base tables (written by ``recsys ingest``):
 - ``quarantine_events``: one row per rejected source row (source_file, line, raw text, reason).
 - ``ingested_files``: one row per ingest call, with its counts.
 
-DuckDB allows one writer process at a time; readers of a file that another process writes
-must open it read-only (see ``connect(..., read_only=True)``).
+DuckDB allows one writer process at a time, and a reader locks writers out of the file while
+it is open. ``connect`` therefore waits for a lock held by another process (up to
+``lock_timeout_s``, with jittered backoff) and then raises :class:`WarehouseBusyError`, which
+names the holder.
 """
 
 from __future__ import annotations
 
+import random
+import re
+from collections.abc import Callable
 from pathlib import Path
+from time import monotonic, sleep
+from typing import TypeVar
 
 import duckdb
 
 from recsys.config import Paths
+
+DEFAULT_LOCK_TIMEOUT_S = 30.0
+_LOCK_CONFLICT = "Could not set lock on file"
+_LOCK_HOLDER = re.compile(r"held in (.*?\(PID \d+\))")
+T = TypeVar("T")
 
 BASE_TABLES_DDL = """
 create table if not exists events (
@@ -55,17 +67,53 @@ create table if not exists ingested_files (
 """
 
 
+class WarehouseBusyError(RuntimeError):
+    """Another process kept the warehouse locked past the timeout (one line)."""
+
+
+def retry_on_lock(open_: Callable[[], T], path: Path, timeout_s: float) -> T:
+    """Call ``open_`` until DuckDB stops refusing it for a file lock held by another process."""
+    deadline = monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            return open_()
+        except duckdb.IOException as exc:
+            if _LOCK_CONFLICT not in str(exc):
+                raise
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                found = _LOCK_HOLDER.search(str(exc))
+                holder = found.group(1) if found else "another process"
+                raise WarehouseBusyError(
+                    f"{path} stayed locked by {holder} for {timeout_s:g} s; "
+                    "close long-lived connections to it (SQLAlchemy: use NullPool)"
+                ) from None
+            # Jitter keeps several waiting processes from retrying in lockstep.
+            sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
+            delay = min(delay * 2, 0.25)
+
+
 def connect(
-    paths: Paths, *, read_only: bool = False, memory_limit: str | None = None
+    paths: Paths,
+    *,
+    read_only: bool = False,
+    memory_limit: str | None = None,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> duckdb.DuckDBPyConnection:
-    """Open the home's warehouse; a writable connection also creates the base tables."""
+    """Open the home's warehouse (waiting for another process's lock, see the module doc); a
+    writable connection also creates the base tables."""
     if read_only and not paths.warehouse.exists():
         raise FileNotFoundError(
             f"no warehouse at {paths.warehouse}; run `recsys ingest` or `recsys pipeline` first"
         )
     paths.ensure()
     config = {"memory_limit": memory_limit} if memory_limit else {}
-    con = duckdb.connect(str(paths.warehouse), read_only=read_only, config=config)
+    con = retry_on_lock(
+        lambda: duckdb.connect(str(paths.warehouse), read_only=read_only, config=config),
+        paths.warehouse,
+        lock_timeout_s,
+    )
     # Timestamps in the warehouse are UTC; make DuckDB's own clock agree.
     con.execute("set timezone = 'UTC'")
     if not read_only:

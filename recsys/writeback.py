@@ -22,9 +22,10 @@ file ... Conflicting lock is held in ... (PID n)") at once; it never waits. Henc
 the warehouse open for long:
 
 - writers (this module, and the service's event flushes) use :func:`open_for_write` for one short
-  transaction and close the file; a lock conflict is retried with jittered backoff, then
-  :class:`WarehouseBusyError` names the holder. Spooling first means the lock is held only for
-  the insert, never while a slow iterator of batches is being produced;
+  transaction and close the file; a lock conflict is retried with jittered backoff (as every
+  ``recsys.warehouse.connect`` does), then ``WarehouseBusyError`` names the holder. Spooling
+  first means the lock is held only for the insert, never while a slow iterator of batches is
+  being produced;
 - analysts open the file read-only and close it when done: plain
   ``duckdb.connect(path, read_only=True)``, :func:`open_for_read` (same retry), or
   :func:`read_engine` for SQLAlchemy. SQLAlchemy's default ``QueuePool`` keeps the file open,
@@ -43,15 +44,12 @@ from __future__ import annotations
 
 import json
 import numbers
-import random
-import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from time import monotonic, sleep
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import duckdb
@@ -60,6 +58,7 @@ import pyarrow as pa
 
 from recsys import warehouse
 from recsys.config import Paths
+from recsys.warehouse import DEFAULT_LOCK_TIMEOUT_S, retry_on_lock
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -76,7 +75,6 @@ INPUT_COLUMNS: dict[str, pl.DataType] = {
     "reason": pl.String(),
 }
 
-DEFAULT_LOCK_TIMEOUT_S = 30.0
 
 _SOURCE_LIST = ", ".join(f"'{source}'" for source in SOURCES)
 
@@ -111,8 +109,6 @@ select * from recommendations
 where run_id = (select max(run_id) from recommendation_runs where status = 'complete');
 """
 
-_LOCK_CONFLICT = "Could not set lock on file"
-_LOCK_HOLDER = re.compile(r"held in (.*?\(PID \d+\))")
 
 T = TypeVar("T")
 Batch: TypeAlias = pl.DataFrame | pa.Table | pa.RecordBatch
@@ -121,10 +117,6 @@ _BATCH_TYPES = (pl.DataFrame, pa.Table, pa.RecordBatch)
 
 class WritebackError(ValueError):
     """Bad recommendations or run settings, found before anything is written (one line)."""
-
-
-class WarehouseBusyError(RuntimeError):
-    """Another process kept the warehouse locked past the timeout (one line)."""
 
 
 @dataclass(frozen=True)
@@ -149,36 +141,11 @@ class RunReport:
     pruned_run_ids: tuple[int, ...]
 
 
-def _retry_on_lock(open_: Callable[[], T], path: Path, timeout_s: float) -> T:
-    """Call ``open_`` until DuckDB stops refusing it for a file lock held by another process."""
-    deadline = monotonic() + timeout_s
-    delay = 0.005
-    while True:
-        try:
-            return open_()
-        except duckdb.IOException as exc:
-            if _LOCK_CONFLICT not in str(exc):
-                raise
-            remaining = deadline - monotonic()
-            if remaining <= 0:
-                found = _LOCK_HOLDER.search(str(exc))
-                holder = found.group(1) if found else "another process"
-                raise WarehouseBusyError(
-                    f"{path} stayed locked by {holder} for {timeout_s:g} s; "
-                    "close long-lived connections to it (SQLAlchemy: use NullPool)"
-                ) from None
-            # Jitter keeps several waiting processes from retrying in lockstep.
-            sleep(min(remaining, delay * random.uniform(0.5, 1.0)))
-            delay = min(delay * 2, 0.25)
-
-
 @contextmanager
 def _opened(
     paths: Paths, *, read_only: bool, lock_timeout_s: float
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    con = _retry_on_lock(
-        lambda: warehouse.connect(paths, read_only=read_only), paths.warehouse, lock_timeout_s
-    )
+    con = warehouse.connect(paths, read_only=read_only, lock_timeout_s=lock_timeout_s)
     try:
         yield con
     finally:
@@ -214,7 +181,7 @@ def read_engine(paths: Paths, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S)
 
     @event.listens_for(engine, "do_connect")
     def _connect_with_retry(dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]
-        return _retry_on_lock(
+        return retry_on_lock(
             lambda: dialect.connect(*cargs, **cparams), paths.warehouse, lock_timeout_s
         )
 

@@ -17,7 +17,11 @@ import pytest
 from sqlalchemy import text
 
 import recsys.writeback as wb
+from recsys import warehouse
+from recsys.build import build
 from recsys.config import Paths, resolve_home
+from recsys.ingest import ingest_file
+from recsys.warehouse import WarehouseBusyError
 
 AS_OF = datetime(2026, 1, 8)
 K = 3
@@ -344,9 +348,27 @@ def analyst(paths: Paths, first_run: pl.DataFrame):
 
 def test_writer_gives_up_with_the_holder_named(paths: Paths, analyst) -> None:
     process, _ = analyst
-    busy = pytest.raises(wb.WarehouseBusyError, match=rf"stayed locked by .*PID {process.pid}\)")
+    busy = pytest.raises(WarehouseBusyError, match=rf"stayed locked by .*PID {process.pid}\)")
     with busy, wb.open_for_write(paths, lock_timeout_s=0.2):
         pass
+
+
+def test_ingest_and_build_wait_for_the_lock_then_name_the_holder(
+    paths: Paths, analyst, tmp_path: Path
+) -> None:
+    process, release = analyst
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,category_id,behavior,event_time\n1,2,3,view,1700000000\n")
+    holder = rf"stayed locked by .*PID {process.pid}\)"
+    with pytest.raises(WarehouseBusyError, match=holder):
+        ingest_file(paths, events, fmt="csv", lock_timeout_s=0.2)
+    with pytest.raises(WarehouseBusyError, match=holder):
+        build(paths, export=False, lock_timeout_s=0.2)
+    release.set()
+    process.join(60)
+    # once the reader is gone both go through, and the refused ingest had written nothing
+    assert ingest_file(paths, events, fmt="csv").loaded == 1
+    assert build(paths, export=False).events == 1
 
 
 def test_writer_retries_until_the_reader_leaves(
@@ -360,7 +382,7 @@ def test_writer_retries_until_the_reader_leaves(
         release.set()
         process.join(60)
 
-    monkeypatch.setattr(wb, "sleep", analyst_leaves_during_pause)
+    monkeypatch.setattr(warehouse, "sleep", analyst_leaves_during_pause)
     report = write(paths, make_recs(range(1, 3)))
     assert report.run.run_id == 2
     assert len(pauses) == 1

@@ -33,7 +33,8 @@ import pyarrow as pa
 
 from recsys.config import Paths
 from recsys.online import from_us
-from recsys.writeback import WarehouseBusyError, open_for_write
+from recsys.warehouse import WarehouseBusyError
+from recsys.writeback import open_for_write
 
 log = logging.getLogger(__name__)
 
