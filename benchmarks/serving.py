@@ -14,8 +14,11 @@ this process with a minimal keep-alive HTTP/1.1 client at concurrency 1 and 16:
 
 Measured: GET /healthz (what the HTTP stack alone costs), GET
 /v1/users/{id}/recommendations?k=20 and POST /v1/events?return_recommendations=true (one view,
-refreshed top-20). The raw parts (online feature read, ``SavedRetrieval.query`` on a real
-profile, ANN top-20 search) are timed in this process on the same home and index, two ways:
+refreshed top-20); and the same GET on a bare route (``bare_app``: the raw parts behind the same
+FastAPI/uvicorn stack, nothing else), which splits the endpoint's gap to the floor into the
+HTTP stack's share and the service's own (sources, merge, ranking, reasons). The raw parts
+(online feature read, ``SavedRetrieval.query`` on a real profile, ANN top-20 search) are timed
+in this process on the same home and index, two ways:
 
 - in request order (read -> query -> search, user after user, each part timed alone): "floor"
   = the sum of their p50s, what the endpoint cannot go below, since it runs these three in
@@ -46,6 +49,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -156,8 +161,41 @@ def components(home: Path, n_items: int):
     return catalogue, AnnSource(retrieval.query, IndexSearch(index), catalogue), description
 
 
-def serve(home: Path, n_items: int, port: int) -> None:
-    """The service process: as deployed, or with the tiled catalogue and index."""
+def bare_app(home: Path, n_items: int):
+    """The recommendations route doing only the raw parts (online read -> query tower -> ANN
+    search, the ids and scores as JSON) behind the same FastAPI/uvicorn stack: what the
+    endpoint would cost with no candidate sources, merge, ranking or reasons."""
+    from fastapi import FastAPI, Query
+    from fastapi.responses import Response
+
+    from recsys import features as F
+    from recsys.config import resolve_home
+    from recsys.serving.profile import OnlineProfileReader
+
+    _, ann, _ = components(home, n_items)
+    reader = OnlineProfileReader(F.feature_store(resolve_home(home)))
+    app = FastAPI()
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, str]:
+        return {"status": "ready"}
+
+    @app.get("/v1/users/{user_id}/recommendations")
+    async def recommendations(
+        user_id: int, k: int = Query(20, ge=1, le=1000), exclude_purchased: bool = True
+    ) -> Response:
+        ids, scores = ann.index.search(ann.query(reader.read(user_id)), k)
+        items = [
+            {"item_id": i, "score": s} for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
+        ]
+        return Response(json.dumps({"user_id": user_id, "items": items}))
+
+    return app
+
+
+def serve(home: Path, n_items: int, port: int, bare: bool) -> None:
+    """The service process: as deployed, or with the tiled catalogue and index; or the bare
+    route (``bare_app``) on the same catalogue."""
     import uvicorn
 
     from recsys.config import resolve_home
@@ -165,10 +203,12 @@ def serve(home: Path, n_items: int, port: int) -> None:
     from recsys.serving.settings import ServiceSettings
 
     settings = ServiceSettings(paths=resolve_home(home))
-    if not n_items:
+    one_tensorflow_thread()  # as load_model does for the deployed service
+    if bare:
+        app = bare_app(home, n_items)
+    elif not n_items:
         app = create_app(settings)
     else:
-        one_tensorflow_thread()  # as load_model does for the deployed service
         catalogue, ann, _ = components(home, n_items)
         app = create_app(settings, ann=ann, catalogue=catalogue)
     uvicorn.run(
@@ -312,29 +352,28 @@ def wait_ready(port: int, process: subprocess.Popen, timeout_s: float = 300.0) -
     raise RuntimeError("the service did not become ready")
 
 
-def bench_catalogue(home: Path, n_items: int, requests: int, users: list[int], t0) -> None:
+@contextmanager
+def service_process(home: Path, n_items: int, *, bare: bool = False) -> Iterator[int]:
+    """A ``serve`` subprocess, ready; yields its port."""
     port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--serve",
-            "--home",
-            str(home),
-            "--catalogue",
-            str(n_items),
-            "--port",
-            str(port),
-        ]
-    )
-    rows: list[tuple[str, np.ndarray, float | None]] = []
+    command = [sys.executable, __file__, "--serve", "--home", str(home)]
+    command += ["--catalogue", str(n_items), "--port", str(port)] + (["--bare"] if bare else [])
+    process = subprocess.Popen(command)
     try:
         wait_ready(port, process)
-        rng = random.Random(0)
-        gets = [
-            ("GET", f"/v1/users/{rng.choice(users)}/recommendations?k=20", b"")
-            for _ in range(requests)
-        ]
+        yield port
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def bench_catalogue(home: Path, n_items: int, requests: int, users: list[int], t0) -> None:
+    rows: list[tuple[str, np.ndarray, float | None]] = []
+    rng = random.Random(0)
+    gets = [
+        ("GET", f"/v1/users/{rng.choice(users)}/recommendations?k=20", b"") for _ in range(requests)
+    ]
+    with service_process(home, n_items) as port:
         clock = iter(range(1, 10**9))
 
         def post() -> tuple[str, str, bytes]:
@@ -366,9 +405,12 @@ def bench_catalogue(home: Path, n_items: int, requests: int, users: list[int], t
             rows.append(
                 (f"POST event + refreshed top-20, concurrency {concurrency}", latencies, rate)
             )
-    finally:
-        process.terminate()
-        process.wait()
+    with service_process(home, n_items, bare=True) as port:
+        asyncio.run(load(port, gets[:200], 1))  # warm-up
+        latencies, rate = asyncio.run(load(port, gets, 1))
+        rows.insert(
+            2, ("GET bare route: raw parts + HTTP stack only, concurrency 1", latencies, rate)
+        )
     parts, description = raw_parts(home, n_items, users, 1000)
     floor = sum(float(np.median(ordered)) for ordered, _ in parts.values())
     hot = sum(float(np.median(alone)) for _, alone in parts.values())
@@ -408,9 +450,10 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--catalogue", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.home, args.catalogue, args.port)
+        serve(args.home, args.catalogue, args.port, args.bare)
         return
     import duckdb
 
