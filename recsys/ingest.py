@@ -141,6 +141,9 @@ def ingest_file(
     digest = hashing.submit(_sha256, source)
     try:
         con.execute("set timezone = 'UTC'")
+        # `checked` keeps the file's order, so a record's rowid there is its ordinal (DuckDB's
+        # default, stated because line numbers depend on it)
+        con.execute("set preserve_insertion_order = true")
         reader = _READERS[fmt]
         failed = _validate(con, reader(con, source, mapping or {}, props))
         counts = _commit(con, paths, source, digest.result(), fmt, failed, lock_timeout_s)

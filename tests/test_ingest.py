@@ -232,3 +232,35 @@ def test_time_layouts_parse_to_utc_and_zones_are_honoured(home, tmp_path):
     assert ingest_file(home, csv, fmt="csv").loaded == len(times)
     got = _rows(home, "select event_time from events order by user_id")
     assert [g[0] for g in got] == list(times.values())
+
+
+@pytest.mark.slow
+def test_line_numbers_hold_across_a_file_read_in_parallel(home, tmp_path):
+    """A file large enough for DuckDB to read in parallel chunks (~70 MB): every event keeps
+    its physical line, and the quarantine names the right lines, rejects of the CSV reader
+    (a non-integer id) and of the checks (an unknown behaviour) alike."""
+    n = 1_500_000
+    reader_rejects = [3, 700_001, 1_400_001]  # lines whose user_id is not an integer
+    check_rejects = [500_000, 1_200_000]  # lines with an unknown behaviour
+    path = tmp_path / "big.csv"
+    duckdb.sql(
+        f"""
+        copy (
+            select
+                case when line in {tuple(reader_rejects)} then 'x' else line::varchar end
+                    as user_id,
+                line % 1000 as item_id,
+                line % 7 as category_id,
+                case when line in {tuple(check_rejects)} then 'like' else 'view' end
+                    as behavior,
+                1700000000 + line as event_time
+            from range(2, {n + 2}) t(line)
+        ) to '{path}' (header)
+        """
+    )
+    report = ingest_file(home, path, fmt="csv")
+    assert (report.loaded, report.quarantined) == (n - 5, 5)
+    # user_id was written equal to the line number, so a shifted line shows up here
+    assert _rows(home, "select count(*) from events where user_id <> source_line") == [(0,)]
+    lines = _rows(home, "select line from quarantine_events order by line")
+    assert [line for (line,) in lines] == sorted(reader_rejects + check_rejects)
