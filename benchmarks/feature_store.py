@@ -240,9 +240,11 @@ def main() -> None:
     console.print(f"{n_events:,} events, {len(user_ids):,} users, {len(item_ids):,} items")
     bench_store(paths, F.OnlineStoreSettings(), "sqlite", user_ids, item_ids)
     if os.environ.get("REDIS_URL"):
-        bench_store(
-            paths, F.OnlineStoreSettings.redis(os.environ["REDIS_URL"]), "redis", user_ids, item_ids
-        )
+        redis = F.OnlineStoreSettings.redis(os.environ["REDIS_URL"])
+        try:
+            bench_store(paths, redis, "redis", user_ids, item_ids)
+        finally:
+            F.release_redis(paths, redis)  # the database is free for the next home
     else:
         console.print("REDIS_URL not set: skipping the redis online store")
 

@@ -215,14 +215,11 @@ def test_feast_apply_cli_on_a_fresh_clone(built, tmp_path):
 
 
 @pytest.mark.redis
-def test_redis_online_store_serves_the_same_rows(built):
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        pytest.skip("REDIS_URL is not set (start redis-server and export REDIS_URL)")
+def test_redis_online_store_serves_the_same_rows(built, redis_store):
     paths, _ = built
     redis_home = resolve_home(paths.home.parent / "redis_home")
     shutil.copytree(paths.features, redis_home.features, dirs_exist_ok=True)
-    settings = F.OnlineStoreSettings.redis(url)
+    settings = redis_store(redis_home, 0)
     report = F.materialize(redis_home, online=settings)
     assert report.total_rows > 0
     user = int(_final_rows(paths, "user_interest", "user_id").user_id.iloc[0])
@@ -290,14 +287,16 @@ def _copy_with_embeddings(paths, home):
     return target
 
 
-def _assert_same_online_store(feast_home, bulk_home, settings, before_bulk=None):
+def _assert_same_online_store(
+    feast_home, bulk_home, feast_settings, bulk_settings, before_bulk=None
+):
     ids = _entity_ids(feast_home)
-    feast_report = F.materialize(feast_home, online=settings, fast=False)
-    feast_stored, feast_online = online_snapshot(feast_home, settings, ids)
+    feast_report = F.materialize(feast_home, online=feast_settings, fast=False)
+    feast_stored, feast_online = online_snapshot(feast_home, feast_settings, ids)
     if before_bulk:
         before_bulk(ids)
-    bulk_report = F.materialize(bulk_home, online=settings)
-    bulk_stored, bulk_online = online_snapshot(bulk_home, settings, ids)
+    bulk_report = F.materialize(bulk_home, online=bulk_settings)
+    bulk_stored, bulk_online = online_snapshot(bulk_home, bulk_settings, ids)
     assert bulk_report.rows == feast_report.rows
     assert bulk_report.rows["user_embedding"] == 5
     assert sum(len(rows) for rows in feast_stored.values()) > 1000
@@ -308,7 +307,7 @@ def _assert_same_online_store(feast_home, bulk_home, settings, before_bulk=None)
             v.name: v.materialization_intervals
             for v in F.feature_store(home, settings).list_feature_views()
         }
-        for home in (feast_home, bulk_home)
+        for home, settings in ((feast_home, feast_settings), (bulk_home, bulk_settings))
     }
     assert intervals[bulk_home] == intervals[feast_home]
     assert len(intervals[bulk_home]["user_embedding"]) == 1
@@ -321,24 +320,40 @@ def test_bulk_materialize_writes_exactly_what_feast_writes(built, tmp_path):
     paths, _ = built
     feast_home = _copy_with_embeddings(paths, tmp_path / "feast")
     bulk_home = _copy_with_embeddings(paths, tmp_path / "bulk")
-    _assert_same_online_store(feast_home, bulk_home, F.SQLITE)
+    _assert_same_online_store(feast_home, bulk_home, F.SQLITE, F.SQLITE)
 
 
 @pytest.mark.redis
-def test_bulk_materialize_writes_exactly_what_feast_writes_to_redis(built, tmp_path):
-    url = os.environ.get("REDIS_URL")
-    if not url:
-        pytest.skip("REDIS_URL is not set (start redis-server and export REDIS_URL)")
+def test_bulk_materialize_writes_exactly_what_feast_writes_to_redis(built, tmp_path, redis_store):
     paths, _ = built
-    settings = F.OnlineStoreSettings.redis(url)
     feast_home = _copy_with_embeddings(paths, tmp_path / "feast")
     bulk_home = _copy_with_embeddings(paths, tmp_path / "bulk")
+    feast_settings, bulk_settings = redis_store(feast_home, 1), redis_store(bulk_home, 2)
 
-    def forget(ids):  # both homes share the database: start the bulk load from nothing
-        delete_redis_keys(feast_home, settings, ids)
-        assert not any(online_snapshot(feast_home, settings, ids)[0].values())
+    def forget(ids):  # the bulk load starts from nothing (the database outlives test runs)
+        delete_redis_keys(bulk_home, bulk_settings, ids)
+        assert not any(online_snapshot(bulk_home, bulk_settings, ids)[0].values())
 
-    _assert_same_online_store(feast_home, bulk_home, settings, before_bulk=forget)
+    _assert_same_online_store(
+        feast_home, bulk_home, feast_settings, bulk_settings, before_bulk=forget
+    )
+
+
+@pytest.mark.redis
+def test_a_redis_database_serves_one_home(tmp_path, redis_store):
+    first, second = resolve_home(tmp_path / "first"), resolve_home(tmp_path / "second")
+    first.home.mkdir(parents=True)
+    settings = redis_store(first, 3)
+    redis_store(second, 3)  # released after the test too
+    F.claim_redis(first, settings)
+    F.claim_redis(first, settings)  # a home may reopen its own database
+    refused = r"holds the online features of another recsys home \(.*first\)"
+    with pytest.raises(F.FeatureStoreError, match=refused):
+        F.feature_store(second, settings)
+    shutil.rmtree(first.home)  # a home of this machine that is gone: its claim is stale
+    F.feature_store(second, settings)
+    assert not F.release_redis(first, settings)
+    assert F.release_redis(second, settings)
 
 
 def test_encode_column_matches_feasts_converter():

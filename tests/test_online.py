@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 import shutil
 import sqlite3
@@ -213,7 +212,7 @@ def test_cold_start_and_push_through_feast(tmp_path, via_push_api):
 
 
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
-def test_push_writer_writes_what_feast_push_writes(tmp_path, kind):
+def test_push_writer_writes_what_feast_push_writes(tmp_path, kind, request):
     """One event's rows, written by FeastPushWriter (one transaction) and, from an empty
     slate, by FeatureStore.push(..., ONLINE): the same stored records and online features."""
     from feast import ValueType
@@ -221,12 +220,8 @@ def test_push_writer_writes_what_feast_push_writes(tmp_path, kind):
 
     from recsys.online_store import entity_keys
 
-    settings = F.SQLITE
-    if kind == "redis":
-        if not os.environ.get("REDIS_URL"):
-            pytest.skip("REDIS_URL is not set (start redis-server and export REDIS_URL)")
-        settings = F.OnlineStoreSettings.redis(os.environ["REDIS_URL"])
     paths = resolve_home(tmp_path)
+    settings = F.SQLITE if kind == "sqlite" else request.getfixturevalue("redis_store")(paths, 4)
     events = simulated_home(paths, users=10, items=50, days=2)
     F.materialize(paths, online=settings)
     store = F.feature_store(paths, settings)

@@ -270,7 +270,10 @@ class Service:
         paths = settings.paths
         catalogue = catalogue or load_catalogue(paths, lock_timeout_s=settings.lock_timeout_s)
         online = settings.online or features.OnlineStoreSettings()
-        store = features.feature_store(paths, online)
+        try:
+            store = features.feature_store(paths, online)
+        except features.FeatureStoreError as exc:
+            raise ServingError(str(exc)) from None
         try:
             reader = OnlineProfileReader(store)
         except Exception as exc:

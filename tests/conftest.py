@@ -1,0 +1,35 @@
+"""Fixtures shared by several test modules."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from urllib.parse import urlparse
+
+import pytest
+
+from recsys import features as F
+from recsys.config import Paths
+
+
+@pytest.fixture
+def redis_store() -> Iterator[Callable[[Paths, int], F.OnlineStoreSettings]]:
+    """``redis_store(home, offset)``: the Redis online store of ``$REDIS_URL`` on its database
+    number + offset (a Redis database serves one home, so tests that need several homes, or
+    that run after each other, take their own), skipping without ``$REDIS_URL``. The homes'
+    claims on the databases are released after the test."""
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        pytest.skip("REDIS_URL is not set (start redis-server and export REDIS_URL)")
+    claims: list[tuple[Paths, F.OnlineStoreSettings]] = []
+
+    def settings(home: Paths, offset: int) -> F.OnlineStoreSettings:
+        parsed = urlparse(url)
+        db = int((parsed.path or "/0").lstrip("/") or 0) + offset
+        store = F.OnlineStoreSettings.redis(parsed._replace(path=f"/{db}").geturl())
+        claims.append((home, store))
+        return store
+
+    yield settings
+    for home, store in claims:
+        F.release_redis(home, store)
