@@ -235,13 +235,15 @@ def _read_retailrocket(con, source: Path, _mapping, props: list[Path]) -> Stagin
         """
     )
     # The category in force at the event's time; before the first snapshot, the earliest.
-    # The joins do not keep the file's order, so the events are numbered and sorted back.
+    # The joins do not keep the file's order, so the events are first stored in it (a table's
+    # rowid is its insertion order) and sorted back by rowid.
+    con.execute("create temp table events_in_order as select * from source_events")
     con.execute(
         f"""
         create temp view source as
         select s.* exclude (ordinal),
                coalesce(c.category_id, f.category_id, {UNKNOWN_CATEGORY}) as resolved_category
-        from (select *, row_number() over () as ordinal from source_events) s
+        from (select *, rowid as ordinal from events_in_order) s
         asof left join item_category c
           on s.itemid = c.item_id and make_timestamp(s.timestamp * 1000) >= c.valid_from
         left join (select item_id, arg_min(category_id, valid_from) as category_id
