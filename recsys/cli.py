@@ -195,6 +195,23 @@ def features_materialize(home: HomeOption = None, redis_url: RedisOption = None)
     console.print(report.summary())
 
 
+@features_app.command("release")
+def features_release(
+    redis_url: Annotated[
+        str, typer.Option("--redis-url", help="The Redis database (redis://host:port/db).")
+    ],
+    home: HomeOption = None,
+) -> None:
+    """Give up this home's claim on a Redis database, so another home may use it (the rows
+    stay until that home materialises)."""
+    from recsys.features import OnlineStoreSettings, release_redis
+
+    if release_redis(resolve_home(home), OnlineStoreSettings.redis(redis_url)):
+        console.print(f"released {redis_url}")
+    else:
+        raise fail(f"this home holds no claim on {redis_url}")
+
+
 @features_app.command("online")
 def features_online(
     user: Annotated[int, typer.Option("--user", help="The user_id to look up.")],

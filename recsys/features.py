@@ -253,8 +253,10 @@ def claim_redis(paths: Paths, online: OnlineStoreSettings) -> None:
                             f"the Redis database {online.redis_url} holds the online features "
                             f"of another recsys home ({holder}); two homes in one database "
                             "overwrite each other's rows. Give this home its own database "
-                            "(redis://host:port/N), or, if that home is retired, drop its "
-                            f"claim: redis-cli -u {online.redis_url} del {REDIS_CLAIM_KEY}"
+                            "(redis://host:port/N), or free this one: `recsys features "
+                            f"release --redis-url {online.redis_url} --home {folder}` on "
+                            f"{host}, or, if that home is gone, redis-cli -u "
+                            f"{online.redis_url} del {REDIS_CLAIM_KEY}"
                         )
                     pipe.multi()
                     pipe.set(REDIS_CLAIM_KEY, me)

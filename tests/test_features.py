@@ -353,7 +353,17 @@ def test_a_redis_database_serves_one_home(tmp_path, redis_store):
     shutil.rmtree(first.home)  # a home of this machine that is gone: its claim is stale
     F.feature_store(second, settings)
     assert not F.release_redis(first, settings)
-    assert F.release_redis(second, settings)
+
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    release = ["features", "release", "--redis-url", settings.redis_url, "--home"]
+    runner = CliRunner()
+    assert runner.invoke(app, [*release, str(second.home)]).exit_code == 0
+    again = runner.invoke(app, [*release, str(second.home)])
+    assert again.exit_code == 2 and "holds no claim" in again.output
+    F.claim_redis(first, settings)  # the database is free again
 
 
 def test_encode_column_matches_feasts_converter():
