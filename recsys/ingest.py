@@ -38,7 +38,12 @@ import duckdb
 
 from recsys.config import Paths
 from recsys.schema import BEHAVIOR_ALIASES, EVENT_COLUMNS, REQUIRED_COLUMNS, UNKNOWN_CATEGORY
-from recsys.warehouse import BASE_TABLES_DDL, DEFAULT_LOCK_TIMEOUT_S, retry_on_lock
+from recsys.warehouse import (
+    BASE_TABLES_DDL,
+    DEFAULT_LOCK_TIMEOUT_S,
+    retry_on_lock,
+    table_exists,
+)
 
 FORMATS = ("taobao", "retailrocket", "csv", "parquet")
 # Events later than this after the ingest time are rejected as clock errors.
@@ -422,7 +427,7 @@ def _validate(con, staging: Staging) -> int:
         select * from final
         """
     )
-    if _has_table(con, "csv_rejects"):
+    if table_exists(con, "csv_rejects"):
         con.execute(
             """
             create temp table raw_rejects as
@@ -604,12 +609,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _has_table(con, name: str) -> bool:
-    return bool(
-        _scalar(con, f"select count(*) from duckdb_tables() where table_name = {_sql_str(name)}")
-    )
 
 
 def _scalar(con, sql: str) -> int:

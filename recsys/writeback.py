@@ -50,7 +50,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import duckdb
 import polars as pl
@@ -110,7 +110,6 @@ where run_id = (select max(run_id) from recommendation_runs where status = 'comp
 """
 
 
-T = TypeVar("T")
 Batch: TypeAlias = pl.DataFrame | pa.Table | pa.RecordBatch
 _BATCH_TYPES = (pl.DataFrame, pa.Table, pa.RecordBatch)
 
