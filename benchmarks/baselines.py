@@ -19,8 +19,7 @@ import numpy as np
 import polars as pl
 from rich.console import Console
 
-from recsys.config import FeatureConfig, resolve_home
-from recsys.evaluate import load_events
+from recsys.config import FeatureConfig
 from recsys.evaluation.baselines import (
     ALS,
     CandidateBlend,
@@ -33,8 +32,10 @@ from recsys.evaluation.baselines import (
 from recsys.evaluation.metrics import evaluate
 from recsys.evaluation.plots import write_plots
 from recsys.evaluation.report import metrics_table, write_metrics_json
+from recsys.evaluation.run import load_events
 from recsys.evaluation.split import EvaluationSet, build_evaluation_set, last_day_split
-from recsys.ingest import ingest_file
+from recsys.home import resolve_home
+from recsys.warehouse.ingest import ingest_file
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "taobao_user_behavior_sample.csv"
 K = 50

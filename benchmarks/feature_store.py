@@ -1,17 +1,17 @@
 """Feature-store benchmark: materialisation, online reads and event -> online update latency.
 
-Simulates ~1M events (recsys.simulate; 6,000 users x 20,000 items x 30 days), builds the marts
+Simulates ~1M events (recsys.warehouse.simulate; 6,000 users x 20,000 items x 30 days), builds the marts
 and exports (or reuses a built ``--home``), then for SQLite (and Redis when ``$REDIS_URL`` is
 set) measures, each against an in-run baseline:
 
 - full materialisation: Feast's ``FeatureStore.materialize`` (baseline, ``fast=False``) vs the
-  bulk path (``recsys.features.materialize``): seconds of the load, of the whole call (apply +
+  bulk path (``recsys.features.store.materialize``): seconds of the load, of the whole call (apply +
   load + read-back check), CPU seconds, rows/s;
 - one user's full query-side features (``two_tower_v1_query``): ``get_online_features``
   (baseline), the provider's ``online_read`` with precomputed entity keys, and
   ``recsys.features.OnlineReader.read_user``; plus a raw SQLite select of the same rows;
 - 100 items' candidate-side features (``two_tower_v1_candidate``);
-- one event -> updated online features (``recsys.online.OnlineUpdater``): one transaction per
+- one event -> updated online features (``recsys.online.updater.OnlineUpdater``): one transaction per
   event (``FeastPushWriter``) vs one provider write per view (baseline).
 
 Usage: python benchmarks/feature_store.py [--users 6000 --items 20000 --days 30] [--home DIR]
@@ -37,10 +37,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from recsys.build import build
-from recsys.config import resolve_home
-from recsys.ingest import ingest_file
-from recsys.simulate import SimulationConfig, simulate, write_simulation
+from recsys.home import resolve_home
+from recsys.warehouse.build import build
+from recsys.warehouse.ingest import ingest_file
+from recsys.warehouse.simulate import SimulationConfig, simulate, write_simulation
 
 console = Console(width=150)
 
@@ -98,7 +98,7 @@ def raw_sqlite_read(db: Path, tables: list[str], key: bytes) -> Callable[[], obj
 
 
 def materialise(paths, settings, fast: bool) -> tuple[str, str]:
-    from recsys import features as F
+    from recsys.features import store as F
 
     began, cpu = time.perf_counter(), time.process_time()
     report = F.materialize(paths, online=settings, fast=fast)
@@ -116,8 +116,8 @@ def bench_store(paths, settings, label: str, user_ids: list[int], item_ids: list
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from recsys import features as F
-    from recsys.online import Event, OnlineUpdater, Outcome
+    from recsys.features import store as F
+    from recsys.online.updater import Event, OnlineUpdater, Outcome
 
     rows: list[tuple[str, np.ndarray | str]] = [
         materialise(paths, settings, fast=False),
@@ -230,7 +230,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--home", type=Path, default=None, help="reused when already built")
     args = parser.parse_args()
-    from recsys import features as F
+    from recsys.features import store as F
 
     home = args.home or Path(tempfile.mkdtemp(prefix="recsys-bench-features-"))
     paths = resolve_home(home)

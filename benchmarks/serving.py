@@ -2,7 +2,7 @@
 raw parts they are made of, measured in the same run.
 
 Builds a simulated home (ingest -> build -> materialise) and trains the interest model there
-(``recsys.learned.training.train_home``) when the home has none. Then, for two catalogues, it
+(``recsys.models.training.train_home``) when the home has none. Then, for two catalogues, it
 starts the service in a subprocess on 127.0.0.1 (uvicorn, uvloop, httptools) and loads it from
 this process with a minimal keep-alive HTTP/1.1 client at concurrency 1 and 16:
 
@@ -64,11 +64,11 @@ TILE_NOISE = 0.1
 
 
 def prepare(home: Path, users: int, items: int, days: int) -> None:
-    from recsys import features as F
-    from recsys.build import build
-    from recsys.config import resolve_home
-    from recsys.ingest import ingest_file
-    from recsys.simulate import SimulationConfig, simulate, write_simulation
+    from recsys.features import store as F
+    from recsys.home import resolve_home
+    from recsys.warehouse.build import build
+    from recsys.warehouse.ingest import ingest_file
+    from recsys.warehouse.simulate import SimulationConfig, simulate, write_simulation
 
     paths = resolve_home(home)
     sim = simulate(SimulationConfig(users=users, items=items, days=days, seed=0))
@@ -82,9 +82,9 @@ def prepare(home: Path, users: int, items: int, days: int) -> None:
 
 def ensure_model(home: Path) -> None:
     """Train and publish the interest model when the home has none."""
-    from recsys.config import resolve_home
-    from recsys.learned.training import train_home
-    from recsys.score import ScoreError, latest_model_dir
+    from recsys.home import resolve_home
+    from recsys.models.training import train_home
+    from recsys.ranking.score import ScoreError, latest_model_dir
 
     paths = resolve_home(home)
     try:
@@ -125,10 +125,10 @@ def tiled_embeddings(model_ids, model_embeddings, item_ids) -> np.ndarray:
 def components(home: Path, n_items: int):
     """(catalogue, AnnSource, description): the deployed ones for the home's own catalogue
     (``n_items`` = 0), the tiled ones (module doc) for ``n_items`` items."""
-    from recsys.config import resolve_home
-    from recsys.learned.serving import IndexSearch, SavedRetrieval
+    from recsys.home import resolve_home
     from recsys.models.index import EmbeddingIndex
-    from recsys.score import latest_model_dir
+    from recsys.models.saved import IndexSearch, SavedRetrieval
+    from recsys.ranking.score import latest_model_dir
     from recsys.serving.app import load_model
     from recsys.serving.candidates import AnnSource
     from recsys.serving.catalogue import load_catalogue
@@ -168,8 +168,8 @@ def bare_app(home: Path, n_items: int):
     from fastapi import FastAPI, Query
     from fastapi.responses import Response
 
-    from recsys import features as F
-    from recsys.config import resolve_home
+    from recsys.features import store as F
+    from recsys.home import resolve_home
     from recsys.serving.profile import OnlineProfileReader
 
     _, ann, _ = components(home, n_items)
@@ -198,7 +198,7 @@ def serve(home: Path, n_items: int, port: int, bare: bool) -> None:
     route (``bare_app``) on the same catalogue."""
     import uvicorn
 
-    from recsys.config import resolve_home
+    from recsys.home import resolve_home
     from recsys.serving.app import create_app, one_tensorflow_thread
     from recsys.serving.settings import ServiceSettings
 
@@ -303,8 +303,8 @@ def isolated(fn, arguments: list) -> np.ndarray:
 def raw_parts(home: Path, n_items: int, users: list[int], repeats: int):
     """The online feature read, the query tower and the ANN search, timed in-process in
     request order and in isolation; and the description of the ANN stage."""
-    from recsys import features as F
-    from recsys.config import resolve_home
+    from recsys.features import store as F
+    from recsys.home import resolve_home
     from recsys.serving.app import one_tensorflow_thread
     from recsys.serving.profile import OnlineProfileReader
 

@@ -20,7 +20,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from recsys.simulate import SimulationConfig, simulate
+from recsys.warehouse.simulate import SimulationConfig, simulate
 
 SIZES = {
     "~1M": SimulationConfig(users=6_000, items=20_000, days=30, seed=0),

@@ -3,8 +3,8 @@
 For each size (simulated events) it prints medians over --repeats runs, each against a floor
 measured in the same run on the same data:
 
-- ingest: recsys.ingest.ingest_file(fmt='csv') vs DuckDB's own typed read_csv into a table;
-- marts: recsys.build.build(export=False) vs two floors:
+- ingest: recsys.warehouse.ingest.ingest_file(fmt='csv') vs DuckDB's own typed read_csv into a table;
+- marts: recsys.warehouse.build.build(export=False) vs two floors:
   * group-by: ``create table t as select user_id, category_id, count(*) from events group by
     all``, one hash aggregate; the marts can never get near it, because sequence, session,
     transition and migration features need the events in each user's order;
@@ -39,7 +39,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from recsys.simulate import SimulationConfig, simulate
+from recsys.warehouse.simulate import SimulationConfig, simulate
 
 EVENTS_PER_USER_DAY = 5.6  # the simulator's default: ~1 session/day x 5 views, plus follow-ups
 DAYS = 30
@@ -57,9 +57,9 @@ CHILD = """
 import json, shutil, sys, time
 from pathlib import Path
 import duckdb
-from recsys.config import Paths
-from recsys.build import build
-from recsys.ingest import ingest_file
+from recsys.home import Paths
+from recsys.warehouse.build import build
+from recsys.warehouse.ingest import ingest_file
 home, step, csv_path = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 FLOORS = {
     "group_by": "select user_id, category_id, count(*) from events group by all",

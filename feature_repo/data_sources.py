@@ -3,7 +3,7 @@
 The exports live in ``<home>/features``. Under ``feast apply`` (run from this folder) that is
 the default home ``../data/features``, kept relative so the repo works in any clone. The
 ``recsys features ... --home DIR`` commands load these same modules with ``RECSYS_FEATURES_DIR``
-set to ``DIR/features`` (see ``recsys.features.load_definitions``), so there is one set of
+set to ``DIR/features`` (see ``recsys.features.store.load_definitions``), so there is one set of
 definitions for both paths.
 
 Every export carries ``event_timestamp`` = the snapshot time T its row was computed as of, from
@@ -88,24 +88,24 @@ category_embeddings_source = _parquet(
     "category_embeddings", "Learned category embeddings, written by the models after training."
 )
 
-# The online updater (recsys.online) pushes fresh user rows through these, online only.
+# The online updater (recsys.online.updater) pushes fresh user rows through these, online only.
 user_interest_push = PushSource(
     name="user_interest_push",
     batch_source=user_interest_source,
-    description="Real-time user interest rows from recsys.online.",
+    description="Real-time user interest rows from recsys.online.updater.",
 )
 user_interest_shift_push = PushSource(
     name="user_interest_shift_push",
     batch_source=user_interest_shift_source,
-    description="Real-time interest-shift rows from recsys.online.",
+    description="Real-time interest-shift rows from recsys.online.updater.",
 )
 user_behavior_funnel_push = PushSource(
     name="user_behavior_funnel_push",
     batch_source=user_behavior_funnel_source,
-    description="Real-time funnel rows from recsys.online.",
+    description="Real-time funnel rows from recsys.online.updater.",
 )
 user_recent_sequence_push = PushSource(
     name="user_recent_sequence_push",
     batch_source=user_recent_sequence_source,
-    description="Real-time recent-sequence rows from recsys.online.",
+    description="Real-time recent-sequence rows from recsys.online.updater.",
 )

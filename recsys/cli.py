@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from recsys.config import resolve_home
+from recsys.home import resolve_home
 
 app = typer.Typer(
     help="Feature-store-backed, SQL-native recommender that follows changing interests.",
@@ -57,8 +57,8 @@ def ingest(
     home: HomeOption = None,
 ) -> None:
     """Load a behaviour log into the warehouse; bad rows go to quarantine_events."""
-    from recsys.ingest import IngestError, ingest_file, parse_mapping
-    from recsys.warehouse import WarehouseBusyError
+    from recsys.warehouse.connect import WarehouseBusyError
+    from recsys.warehouse.ingest import IngestError, ingest_file, parse_mapping
 
     try:
         report = ingest_file(
@@ -87,8 +87,8 @@ def simulate(
 ) -> None:
     """Write a simulated event log (events.parquet) and its planted migrations
     (migrations.parquet)."""
-    from recsys.simulate import SimulationConfig, SimulationConfigError, write_simulation
-    from recsys.simulate import simulate as run_simulation
+    from recsys.warehouse.simulate import SimulationConfig, SimulationConfigError, write_simulation
+    from recsys.warehouse.simulate import simulate as run_simulation
 
     try:
         config = SimulationConfig(users=users, items=items, days=days, seed=seed)
@@ -124,9 +124,9 @@ def build(
     """Build the SQL marts as of a time and export the Feast feature files."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from recsys.build import BuildError
-    from recsys.build import build as build_features
-    from recsys.warehouse import WarehouseBusyError
+    from recsys.warehouse.build import BuildError
+    from recsys.warehouse.build import build as build_features
+    from recsys.warehouse.connect import WarehouseBusyError
 
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
@@ -143,7 +143,7 @@ def build(
             raise fail(str(exc)) from None
     console.print(report.summary())
     if not no_export:
-        from recsys.migration_plots import plot_migrations
+        from recsys.evaluation.migration_plots import plot_migrations
 
         plot = plot_migrations(resolve_home(home))
         if plot:
@@ -166,7 +166,7 @@ RedisOption = Annotated[
 
 
 def _online_store(redis_url: str | None):
-    from recsys.features import OnlineStoreSettings
+    from recsys.features.store import OnlineStoreSettings
 
     return OnlineStoreSettings.redis(redis_url) if redis_url else OnlineStoreSettings()
 
@@ -174,7 +174,7 @@ def _online_store(redis_url: str | None):
 @features_app.command("apply")
 def features_apply(home: HomeOption = None, redis_url: RedisOption = None) -> None:
     """Register the feature repo's definitions for this home (registry in HOME/feast)."""
-    from recsys.features import FeatureStoreError, apply
+    from recsys.features.store import FeatureStoreError, apply
 
     try:
         names = apply(resolve_home(home), online=_online_store(redis_url))
@@ -186,7 +186,7 @@ def features_apply(home: HomeOption = None, redis_url: RedisOption = None) -> No
 @features_app.command("materialize")
 def features_materialize(home: HomeOption = None, redis_url: RedisOption = None) -> None:
     """Load the latest exported features into the online store (the data's own time range)."""
-    from recsys.features import FeatureStoreError, materialize
+    from recsys.features.store import FeatureStoreError, materialize
 
     try:
         report = materialize(resolve_home(home), online=_online_store(redis_url))
@@ -204,7 +204,7 @@ def features_release(
 ) -> None:
     """Give up this home's claim on a Redis database, so another home may use it (the rows
     stay until that home materialises)."""
-    from recsys.features import OnlineStoreSettings, release_redis
+    from recsys.features.store import OnlineStoreSettings, release_redis
 
     if release_redis(resolve_home(home), OnlineStoreSettings.redis(redis_url)):
         console.print(f"released {redis_url}")
@@ -222,7 +222,7 @@ def features_online(
     """Print a user's online features as JSON."""
     import json
 
-    from recsys.features import FeatureStoreError, online_features
+    from recsys.features.store import FeatureStoreError, online_features
 
     try:
         row = online_features(
@@ -257,10 +257,10 @@ def evaluate(
     home: HomeOption = None,
 ) -> None:
     """Score every model and baseline on a global time split; write metrics.json and plots."""
-    from recsys.evaluate import EvaluationConfig, learned_models, run_evaluation
     from recsys.evaluation.errors import EvaluationError
-    from recsys.ingest import IngestError, ingest_file
-    from recsys.warehouse import WarehouseBusyError
+    from recsys.evaluation.run import EvaluationConfig, learned_models, run_evaluation
+    from recsys.warehouse.connect import WarehouseBusyError
+    from recsys.warehouse.ingest import IngestError, ingest_file
 
     paths = resolve_home(home)
     try:
@@ -305,9 +305,9 @@ def serve(
 def train(home: HomeOption = None) -> None:
     """Train the interest model on all events of the home; save it under HOME/models/<version>,
     write the embedding feature files and materialise them when the store is applied."""
-    from recsys.learned.data import LearnedModelError
-    from recsys.learned.training import train_home
-    from recsys.warehouse import WarehouseBusyError
+    from recsys.models.data import LearnedModelError
+    from recsys.models.training import train_home
+    from recsys.warehouse.connect import WarehouseBusyError
 
     try:
         report = train_home(resolve_home(home), console=console)
@@ -326,9 +326,9 @@ def score(
     home: HomeOption = None,
 ) -> None:
     """Top-k for every known user from the newest model, written back as a run."""
-    from recsys.score import ScoreError, score_all
-    from recsys.warehouse import WarehouseBusyError
-    from recsys.writeback import WritebackError
+    from recsys.ranking.score import ScoreError, score_all
+    from recsys.warehouse.connect import WarehouseBusyError
+    from recsys.warehouse.writeback import WritebackError
 
     try:
         report = score_all(

@@ -21,7 +21,8 @@ from typing import Any
 
 from rich.console import Console
 
-from recsys.config import FeatureConfig, Paths
+from recsys.config import FeatureConfig
+from recsys.home import Paths
 
 STEPS = ("ingest", "build", "features", "train", "evaluate", "score")
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
@@ -123,11 +124,11 @@ def run_pipeline(
 
 def ingest_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
     """Ingest ``config.events``, or simulate the built-in dataset and ingest that."""
-    from recsys.ingest import ingest_file
+    from recsys.warehouse.ingest import ingest_file
 
     events, fmt = config.events, config.format
     if events is None:
-        from recsys.simulate import SimulationConfig, simulate, write_simulation
+        from recsys.warehouse.simulate import SimulationConfig, simulate, write_simulation
 
         sim_config = SimulationConfig(**vars(config.simulator))
         directory = paths.simulations / sim_config.name
@@ -142,8 +143,8 @@ def ingest_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
 
 
 def build_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
-    from recsys.build import build
-    from recsys.migration_plots import plot_migrations
+    from recsys.evaluation.migration_plots import plot_migrations
+    from recsys.warehouse.build import build
 
     with console.status("building marts and feature exports") as status:
         report = build(
@@ -156,7 +157,7 @@ def build_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
 
 def features_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
     """``feast apply`` and materialisation (``materialize`` applies the repo first)."""
-    from recsys.features import materialize
+    from recsys.features.store import materialize
 
     with console.status("feast apply + materialising online features"):
         report = materialize(paths)
@@ -165,7 +166,7 @@ def features_step(paths: Paths, config: PipelineConfig, console: Console) -> str
 
 
 def train_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
-    from recsys.learned.training import train_home
+    from recsys.models.training import train_home
 
     report = train_home(paths, console=console)
     console.print(report.summary())
@@ -175,7 +176,7 @@ def train_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
 def evaluate_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
     """The evaluation with the learned model; ablations only when the config asks (each is
     one more fit, and the demo keeps to its time budget)."""
-    from recsys.evaluate import EvaluationConfig, learned_models, run_evaluation
+    from recsys.evaluation.run import EvaluationConfig, learned_models, run_evaluation
 
     run = run_evaluation(
         paths,
@@ -187,7 +188,7 @@ def evaluate_step(paths: Paths, config: PipelineConfig, console: Console) -> str
 
 
 def score_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
-    from recsys.score import score_all
+    from recsys.ranking.score import score_all
 
     report = score_all(paths, console=console)
     run = report.run
@@ -206,8 +207,8 @@ DEFAULT_STEPS: dict[str, Step] = {
 
 def print_closing_summary(paths: Paths, console: Console) -> None:
     """Where the results are, the latest evaluation, a query to paste, how to serve."""
-    from recsys.evaluate import HEADLINE
     from recsys.evaluation.report import METRICS_FILE, metrics_table, read_metrics_json
+    from recsys.evaluation.run import HEADLINE
 
     console.rule("[bold]done")
     console.print(f"warehouse: [bold]{paths.warehouse}[/]")

@@ -8,8 +8,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from recsys import features as F
-from recsys.config import Paths
+from recsys.features import store as F
+from recsys.home import Paths
 
 
 @pytest.fixture

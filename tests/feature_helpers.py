@@ -6,10 +6,10 @@ from datetime import datetime
 
 import pandas as pd
 
-from recsys.build import build
-from recsys.config import Paths
-from recsys.ingest import ingest_file
-from recsys.simulate import SimulationConfig, simulate
+from recsys.home import Paths
+from recsys.warehouse.build import build
+from recsys.warehouse.ingest import ingest_file
+from recsys.warehouse.simulate import SimulationConfig, simulate
 
 
 def load_events(paths: Paths, events: pd.DataFrame) -> None:
@@ -40,8 +40,8 @@ def online_snapshot(paths: Paths, settings, entity_ids: dict[str, list[int]]) ->
     table rows, or Redis hashes) and ``get_online_features`` of every view, per join key."""
     from feast import ValueType
 
-    from recsys import features as F
-    from recsys import online_store
+    from recsys.features import online_store
+    from recsys.features import store as F
 
     store = F.feature_store(paths, settings)
     views = [v for v in store.list_feature_views() if v.online]
@@ -74,8 +74,8 @@ def delete_redis_keys(paths: Paths, settings, entity_ids: dict[str, list[int]]) 
     """Remove these entities' hashes (only theirs: the Redis database may be shared)."""
     from feast import ValueType
 
-    from recsys import features as F
-    from recsys import online_store
+    from recsys.features import online_store
+    from recsys.features import store as F
 
     store = F.feature_store(paths, settings)
     client = store._get_provider().online_store._get_client(store.config.online_store)

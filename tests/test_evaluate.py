@@ -11,10 +11,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys.config import resolve_home
-from recsys.evaluate import EvaluationConfig, learned_models, run_evaluation
+from recsys.evaluation.run import EvaluationConfig, learned_models, run_evaluation
 from recsys.evaluation.split import last_day_split
-from recsys.warehouse import connect
+from recsys.home import resolve_home
+from recsys.warehouse.connect import connect
 
 START = datetime(2024, 3, 1)
 

@@ -1,4 +1,4 @@
-"""The Feast feature repo and recsys.features: definitions, apply, materialise, reads."""
+"""The Feast feature repo and recsys.features.store: definitions, apply, materialise, reads."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pytest
 from feast import FeatureView
 from feature_helpers import delete_redis_keys, load_events, online_snapshot, simulated_home
 
-from recsys import features as F
-from recsys.build import build
-from recsys.config import resolve_home
+from recsys.features import store as F
+from recsys.home import resolve_home
+from recsys.warehouse.build import build
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -372,7 +372,7 @@ def test_encode_column_matches_feasts_converter():
     from feast.infra.online_stores.helpers import extract_text_and_num
     from feast.type_map import python_values_to_proto_values
 
-    from recsys.online_store import encode_column, encode_values
+    from recsys.features.online_store import encode_column, encode_values
 
     columns = [
         (pa.array([0.0, -0.0, 1.5, None, float("nan"), float("inf"), 1e-310]), ValueType.DOUBLE),

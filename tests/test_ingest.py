@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from recsys import ingest as ingest_module
 from recsys.cli import app
-from recsys.config import resolve_home
-from recsys.ingest import IngestError, ingest_file, parse_mapping
+from recsys.home import resolve_home
+from recsys.warehouse import ingest as ingest_module
+from recsys.warehouse.ingest import IngestError, ingest_file, parse_mapping
 
 TAOBAO = Path(__file__).resolve().parents[2] / "shared" / "data" / "taobao_user_behavior_sample.csv"
 

@@ -14,10 +14,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from recsys.learned import data as learned_data  # noqa: E402
-from recsys.learned.model import InterestModel  # noqa: E402
-from recsys.simulate import SimulationConfig, simulate  # noqa: E402
-from recsys.writeback import SOURCES  # noqa: E402
+from recsys.models import data as learned_data  # noqa: E402
+from recsys.models.interest import InterestModel  # noqa: E402
+from recsys.warehouse.simulate import SimulationConfig, simulate  # noqa: E402
+from recsys.warehouse.writeback import SOURCES  # noqa: E402
 
 K = 20
 
@@ -104,8 +104,8 @@ def test_save_load_round_trip(fitted, events, as_of, tmp_path):
     loaded = InterestModel.load(saved)
     np.testing.assert_array_equal(loaded.recommend(users, K), model.recommend(users, K))
     # The exported TFRS index (query tower inside) agrees with the service's numpy index.
-    from recsys.learned.serving import SavedRetrieval
     from recsys.models.index import load_index
+    from recsys.models.saved import SavedRetrieval
 
     sample = model.retriever_.sample_query
     scores, ids = load_index(saved / "index")({k: tf.constant(v) for k, v in sample.items()})
@@ -123,7 +123,7 @@ def test_load_rejects_a_folder_without_manifest(tmp_path):
 def online_profiles(events: pl.DataFrame, as_of: datetime) -> list[tuple[int, dict]]:
     """Online-profile dicts built from each user's events before ``as_of`` (long sequences and
     interest lists, so truncation matters), plus hand-made edge cases."""
-    from recsys.learned import towers as T
+    from recsys.models import towers as T
 
     before = events.filter(pl.col("event_time") < as_of).sort("event_time", descending=True)
     profiles = []
@@ -156,7 +156,7 @@ def online_profiles(events: pl.DataFrame, as_of: datetime) -> list[tuple[int, di
 
 
 def test_query_row_encoding_equals_the_batch_encoder(fitted, events, as_of):
-    from recsys.learned.towers import profile_frame
+    from recsys.models.towers import profile_frame
 
     encoder = fitted[0].retriever_.encoder
     profiles = online_profiles(events, as_of)
@@ -230,9 +230,9 @@ def test_migrated_users_get_a_migration_reason(fitted):
 
 
 def test_beats_popularity_on_shift_users(tmp_path):
-    from recsys.config import Paths
-    from recsys.evaluate import EvaluationConfig, run_evaluation
-    from recsys.learned.data import load_events
+    from recsys.evaluation.run import EvaluationConfig, run_evaluation
+    from recsys.home import Paths
+    from recsys.models.data import load_events
 
     paths = Paths(tmp_path / "home")
     sim = simulate(SimulationConfig(users=300, items=1000, days=8, seed=5))

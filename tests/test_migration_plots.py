@@ -5,9 +5,9 @@ from __future__ import annotations
 import polars as pl
 from feature_helpers import simulated_home
 
-from recsys.config import resolve_home
-from recsys.migration_plots import PLOT_FILE, _user_shares, plot_migrations
-from recsys.writeback import open_for_read
+from recsys.evaluation.migration_plots import PLOT_FILE, _user_shares, plot_migrations
+from recsys.home import resolve_home
+from recsys.warehouse.writeback import open_for_read
 
 
 def test_plot_is_written_for_a_home_with_migrations(tmp_path):

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from feature_helpers import delete_redis_keys, load_events, online_snapshot, simulated_home
 
-from recsys import features as F
-from recsys.build import build
-from recsys.config import FeatureConfig, resolve_home
-from recsys.online import (
+from recsys.config import FeatureConfig
+from recsys.features import store as F
+from recsys.home import resolve_home
+from recsys.online.updater import (
     Event,
     OnlineUpdater,
     Outcome,
@@ -25,8 +25,9 @@ from recsys.online import (
     seed_state,
     user_rows,
 )
-from recsys.simulate import SimulationConfig, simulate
-from recsys.warehouse import connect
+from recsys.warehouse.build import build
+from recsys.warehouse.connect import connect
+from recsys.warehouse.simulate import SimulationConfig, simulate
 
 CONFIG = FeatureConfig()
 
@@ -128,7 +129,7 @@ def test_replay_matches_the_sql_marts(marts_home, tmp_path, order):
 
 
 def _us(moment: datetime) -> int:
-    from recsys.online import to_us
+    from recsys.online.updater import to_us
 
     return to_us(moment)
 
@@ -218,7 +219,7 @@ def test_push_writer_writes_what_feast_push_writes(tmp_path, kind, request):
     from feast import ValueType
     from feast.data_source import PushMode
 
-    from recsys.online_store import entity_keys
+    from recsys.features.online_store import entity_keys
 
     paths = resolve_home(tmp_path)
     settings = F.SQLITE if kind == "sqlite" else request.getfixturevalue("redis_store")(paths, 4)

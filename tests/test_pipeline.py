@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from recsys.config import resolve_home
+from recsys.home import resolve_home
 from recsys.pipeline import (
     STEPS,
     PipelineConfig,

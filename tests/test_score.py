@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys.config import resolve_home
-from recsys.score import ScoreError, latest_model_dir, score_users
-from recsys.warehouse import connect
+from recsys.home import resolve_home
+from recsys.ranking.score import ScoreError, latest_model_dir, score_users
+from recsys.warehouse.connect import connect
 
 T = datetime(2024, 5, 1)
 CATALOGUE = [10, 11, 12, 13, 14, 15]

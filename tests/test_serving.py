@@ -24,17 +24,17 @@ import pytest
 from fastapi.testclient import TestClient
 from feature_helpers import load_events
 
-from recsys import features as F
-from recsys.build import build
-from recsys.config import resolve_home
+from recsys.features import store as F
+from recsys.home import resolve_home
 from recsys.serving.app import RecommendationsOut, create_app
 from recsys.serving.candidates import AnnSource
 from recsys.serving.catalogue import load_catalogue
 from recsys.serving.inbox import EventInbox
 from recsys.serving.profile import OnlineProfileReader
 from recsys.serving.settings import ServiceSettings, ServingError
-from recsys.simulate import SimulationConfig, simulate
-from recsys.writeback import write_run
+from recsys.warehouse.build import build
+from recsys.warehouse.simulate import SimulationConfig, simulate
+from recsys.warehouse.writeback import write_run
 
 SERVICE_ROWS = "select user_id, item_id, behavior, event_time from events where source_file = ?"
 
@@ -361,8 +361,8 @@ def test_missing_home_fails_clearly(tmp_path):
 def test_ann_source_plugs_in(home):
     """An injected query function + index: its items come back as "ann" candidates."""
     paths, events = home
-    from recsys.learned.serving import IndexSearch
     from recsys.models.index import EmbeddingIndex
+    from recsys.models.saved import IndexSearch
 
     catalogue = load_catalogue(paths, lock_timeout_s=5)
     rng = np.random.default_rng(0)
@@ -382,9 +382,9 @@ def test_ann_source_plugs_in(home):
 def trained(template, tmp_path_factory):
     """A copy of the template home with a tiny interest model trained on it (``recsys train``)."""
     pytest.importorskip("tensorflow")
-    from recsys.learned.model import InterestConfig
-    from recsys.learned.training import train_home
     from recsys.models.gnn import GnnConfig
+    from recsys.models.interest import InterestConfig
+    from recsys.models.training import train_home
     from recsys.models.two_tower import TwoTowerConfig
 
     paths, events = template
@@ -403,8 +403,8 @@ def trained(template, tmp_path_factory):
 def test_a_trained_model_is_loaded_and_retrieves(trained, tmp_path):
     """`recsys serve` after `recsys train`: /readyz names the model, "ann" candidates appear,
     and the query embedding of the online profile is the one the model computed in training."""
-    from recsys.learned.model import InterestModel
-    from recsys.learned.serving import SavedRetrieval
+    from recsys.models.interest import InterestModel
+    from recsys.models.saved import SavedRetrieval
 
     template_paths, events, report = trained
     paths = resolve_home(tmp_path / "home")
@@ -508,8 +508,8 @@ def test_acknowledged_events_survive_a_crash(home):
 ANALYST = textwrap.dedent(
     """
     import sys, duckdb
-    from recsys.config import resolve_home
-    from recsys.writeback import open_for_read
+    from recsys.home import resolve_home
+    from recsys.warehouse.writeback import open_for_read
     paths, n = resolve_home(sys.argv[1]), int(sys.argv[2])
     for _ in range(n):
         with open_for_read(paths, lock_timeout_s=30) as con:

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from recsys.cli import app
 from recsys.config import FeatureConfig
-from recsys.schema import EVENT_COLUMNS
-from recsys.simulate import (
+from recsys.warehouse.schema import EVENT_COLUMNS
+from recsys.warehouse.simulate import (
     Simulation,
     SimulationConfig,
     SimulationConfigError,

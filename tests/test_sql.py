@@ -12,7 +12,10 @@ import polars as pl
 import polars.testing
 import pytest
 
-from recsys.build import (
+from recsys.config import FeatureConfig
+from recsys.evaluation.migration_recovery import migration_recovery
+from recsys.home import Paths
+from recsys.warehouse.build import (
     EXPORTS,
     BuildError,
     build,
@@ -20,9 +23,7 @@ from recsys.build import (
     load_models,
     run_data_tests,
 )
-from recsys.config import FeatureConfig, Paths
-from recsys.quality import migration_recovery
-from recsys.warehouse import connect
+from recsys.warehouse.connect import connect
 
 T0 = datetime(2026, 3, 1, 12, 0, 0)
 AS_OF = datetime(2026, 3, 10, 0, 0, 0)
@@ -66,7 +67,7 @@ def home(tmp_path: Path, name: str = "home") -> Paths:
 
 
 def small_simulation(days: int = 12, seed: int = 3):
-    from recsys.simulate import SimulationConfig, simulate
+    from recsys.warehouse.simulate import SimulationConfig, simulate
 
     return simulate(SimulationConfig(users=300, items=2000, days=days, seed=seed))
 
@@ -366,7 +367,7 @@ def test_migration_recovery_rule():
 
 
 def test_detected_migrations_recover_the_planted_ones(tmp_path):
-    from recsys.simulate import SimulationConfig, simulate
+    from recsys.warehouse.simulate import SimulationConfig, simulate
 
     sim = simulate(SimulationConfig(users=2000, items=5000, days=30, seed=11))
     paths = home(tmp_path)
@@ -419,7 +420,7 @@ def test_models_come_after_what_they_read():
 
 @pytest.mark.skipif(not TAOBAO.exists(), reason=f"Taobao sample not found at {TAOBAO}")
 def test_taobao_sample_builds_and_passes_data_tests(tmp_path):
-    from recsys.ingest import ingest_file
+    from recsys.warehouse.ingest import ingest_file
 
     paths = home(tmp_path)
     ingest_file(paths, TAOBAO, fmt="taobao")

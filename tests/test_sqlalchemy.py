@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-import recsys.writeback as wb
-from recsys.config import Paths, resolve_home
+import recsys.warehouse.writeback as wb
+from recsys.home import Paths, resolve_home
 
 AS_OF = datetime(2026, 1, 15)
 

@@ -16,12 +16,12 @@ import polars as pl
 import pytest
 from sqlalchemy import text
 
-import recsys.writeback as wb
-from recsys import warehouse
-from recsys.build import build
-from recsys.config import Paths, resolve_home
-from recsys.ingest import ingest_file
-from recsys.warehouse import WarehouseBusyError
+import recsys.warehouse.writeback as wb
+from recsys.home import Paths, resolve_home
+from recsys.warehouse import connect as warehouse
+from recsys.warehouse.build import build
+from recsys.warehouse.connect import WarehouseBusyError
+from recsys.warehouse.ingest import ingest_file
 
 AS_OF = datetime(2026, 1, 8)
 K = 3
@@ -193,8 +193,8 @@ def test_process_killed_mid_transaction_leaves_previous_run(
         import os
         from datetime import datetime
         import polars as pl
-        import recsys.writeback as wb
-        from recsys.config import resolve_home
+        import recsys.warehouse.writeback as wb
+        from recsys.home import resolve_home
 
         def die(con, keep):
             # exit code 3 only if the new rows were inserted before the crash

@@ -16,7 +16,7 @@ import polars as pl
 
 from recsys.config import FeatureConfig
 from recsys.evaluation.errors import EvaluationError
-from recsys.schema import BEHAVIORS, REQUIRED_COLUMNS
+from recsys.warehouse.schema import BEHAVIORS, REQUIRED_COLUMNS
 
 GROUP_ALL = "all"
 GROUP_SHIFT = "shift"

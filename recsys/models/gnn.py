@@ -41,7 +41,7 @@ from tensorflow_gnn.experimental.sampler.subgraph_pipeline import SamplingPipeli
 import recsys  # noqa: F401  (switches TensorFlow to legacy Keras before it is imported)
 from recsys.models import ModelInputError
 from recsys.models.device import compute_dtype, set_seeds
-from recsys.schema import BEHAVIORS
+from recsys.warehouse.schema import BEHAVIORS
 
 USER, ITEM, CATEGORY = "user", "item", "category"
 NODE_SETS = (USER, ITEM, CATEGORY)

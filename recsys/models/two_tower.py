@@ -13,7 +13,7 @@ Query inputs (``query`` dict, B = batch, N = ``interest_slots``, L = ``sequence_
 | ``interest_categories`` | int64   | [B, N] | decayed top-N category indices, -1 pad           |
 | ``interest_scores``     | float32 | [B, N] | their decayed shares (0 at pads)                 |
 | ``seq_items``           | int64   | [B, L] | recent item indices, most recent first, -1 pad   |
-| ``seq_behaviors``       | int64   | [B, L] | index into ``recsys.schema.BEHAVIORS``           |
+| ``seq_behaviors``       | int64   | [B, L] | index into ``recsys.warehouse.schema.BEHAVIORS``           |
 | ``seq_gap_hours``       | float32 | [B, L] | hours between the event and the as-of time       |
 | ``gnn_user``            | float32 | [B, G] | GNN user embedding (only when ``use_gnn``)       |
 
@@ -35,7 +35,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 import recsys  # noqa: F401  (switches TensorFlow to legacy Keras before it is imported)
 from recsys.models import ModelInputError
 from recsys.models.device import distribution_strategy, set_seeds
-from recsys.schema import BEHAVIORS
+from recsys.warehouse.schema import BEHAVIORS
 
 Arrays = Mapping[str, np.ndarray]
 

@@ -10,7 +10,7 @@ Endpoints (OpenAPI at /docs and /openapi.json):
   ``{"events": [...]}`` (at most ``settings.max_batch``, else 413). Each event is validated,
   its category resolved (from the event, else the catalogue), committed to the durable inbox
   (see ``recsys.serving.inbox``), then applied by the ``OnlineUpdater``; the answer reports each
-  event's outcome (applied | duplicate | stale | quarantined, as ``recsys.online`` defines
+  event's outcome (applied | duplicate | stale | quarantined, as ``recsys.online.updater`` defines
   them) and, when asked, every posted user's refreshed top-k. The updater continues each
   user's history from the build (its state is seeded by ``recsys features materialize``, or
   at startup when it is missing).
@@ -39,8 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from recsys.online import Event, OnlineUpdater, Outcome, from_us, seed_state, to_us
-from recsys.schema import BEHAVIOR_ALIASES
+from recsys.online.updater import Event, OnlineUpdater, Outcome, from_us, seed_state, to_us
 from recsys.serving.candidates import (
     AnnSource,
     CandidateSource,
@@ -53,6 +52,7 @@ from recsys.serving.inbox import EventInbox, InboxDrainer, InboxEvent
 from recsys.serving.profile import OnlineProfileReader, UserProfile
 from recsys.serving.ranking import LinearBlend, Recommender, Scorer, current_migration
 from recsys.serving.settings import ServiceSettings, ServingError
+from recsys.warehouse.schema import BEHAVIOR_ALIASES
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +204,10 @@ class ModelState:
 
 
 def load_model(settings: ServiceSettings, catalogue: Catalogue) -> ModelState:
-    """The newest trained model in ``settings.models`` (``recsys.score.latest_model_dir``) as an
+    """The newest trained model in ``settings.models`` (``recsys.ranking.score.latest_model_dir``) as an
     ``AnnSource``: its query tower on the user's online features, an index over its item
     embeddings. No model there: none ("degraded: no model")."""
-    from recsys.score import ScoreError, latest_model_dir
+    from recsys.ranking.score import ScoreError, latest_model_dir
 
     try:
         # latest_model_dir reads only ``.models``; settings.models may override the home's.
@@ -217,8 +217,8 @@ def load_model(settings: ServiceSettings, catalogue: Catalogue) -> ModelState:
             None, f"degraded: no model (no trained query tower/index in {settings.models})"
         )
     # TensorFlow is imported only when a model exists.
-    from recsys.learned.data import LearnedModelError
-    from recsys.learned.serving import SavedRetrieval
+    from recsys.models.data import LearnedModelError
+    from recsys.models.saved import SavedRetrieval
 
     one_tensorflow_thread()
     try:
@@ -265,7 +265,7 @@ class Service:
         scorer: Scorer | None,
         catalogue: Catalogue | None,
     ) -> Service:
-        from recsys import features
+        from recsys.features import store as features
 
         paths = settings.paths
         catalogue = catalogue or load_catalogue(paths, lock_timeout_s=settings.lock_timeout_s)

@@ -30,7 +30,7 @@ from recsys.serving.profile import UserProfile
 
 class TopKIndex(Protocol):
     """Inner-product top-k: ``search(query [d], k)`` -> (item ids int64 [k'], scores [k']),
-    best first (``recsys.learned.serving.IndexSearch`` over ``recsys.models.index``)."""
+    best first (``recsys.models.saved.IndexSearch`` over ``recsys.models.index``)."""
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 

@@ -12,10 +12,10 @@ from datetime import datetime
 
 import numpy as np
 
-from recsys import warehouse
-from recsys.config import Paths
+from recsys.home import Paths
 from recsys.serving.settings import ServingError
-from recsys.writeback import open_for_read
+from recsys.warehouse import connect as warehouse
+from recsys.warehouse.writeback import open_for_read
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from recsys.config import Paths
-from recsys.online import from_us
-from recsys.warehouse import WarehouseBusyError
-from recsys.writeback import open_for_write
+from recsys.home import Paths
+from recsys.online.updater import from_us
+from recsys.warehouse.connect import WarehouseBusyError
+from recsys.warehouse.writeback import open_for_write
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``FeatureStore.get_online_features`` resolves the feature service from the registry and builds
 pandas/arrow frames on every call. ``OnlineProfileReader`` resolves the service's views once and
 calls the provider's ``online_read`` with the entity key, which returns the same values (a test
-checks it against ``recsys.features.online_features``) in a fraction of the time.
+checks it against ``recsys.features.store.online_features``) in a fraction of the time.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
-from recsys.features import PROFILE_SERVICE
+from recsys.features.store import PROFILE_SERVICE
 
 SEQUENCE_FIELDS = ("seq_item_ids", "seq_category_ids", "seq_behaviors", "seq_gap_seconds")
 

@@ -22,7 +22,7 @@ import numpy as np
 from recsys.serving.candidates import Candidate, CandidateSource
 from recsys.serving.catalogue import Catalogue
 from recsys.serving.profile import UserProfile
-from recsys.writeback import reason_for
+from recsys.warehouse.writeback import reason_for
 
 COLD_START_REASON = "trending now"
 # writeback.reason_for knows repeat | ann | popular; a category-interest item is explained as

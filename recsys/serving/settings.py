@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recsys.config import FeatureConfig, Paths
+from recsys.config import FeatureConfig
+from recsys.home import Paths
 
 if TYPE_CHECKING:
-    from recsys.features import OnlineStoreSettings
+    from recsys.features.store import OnlineStoreSettings
 
 
 class ServingError(Exception):

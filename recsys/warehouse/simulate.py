@@ -38,7 +38,7 @@ import numpy as np
 import polars as pl
 
 from recsys.config import FeatureConfig
-from recsys.schema import BEHAVIORS
+from recsys.warehouse.schema import BEHAVIORS
 
 SECONDS_PER_DAY = 86_400
 MICROS = 1_000_000

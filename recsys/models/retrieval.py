@@ -16,9 +16,9 @@ import numpy as np
 import polars as pl
 import tensorflow as tf
 
-from recsys.learned.data import LearnedModelError, PrivateHome, labelled_interactions
-from recsys.learned.graph import GraphEmbeddings, GraphEncoder, NodeIndex, link_targets
-from recsys.learned.towers import ITEM_DENSE, QUERY_DENSE, FeatureEncoder
+from recsys.models.data import LearnedModelError, PrivateHome, labelled_interactions
+from recsys.models.graph import GraphEmbeddings, GraphEncoder, NodeIndex, link_targets
+from recsys.models.towers import ITEM_DENSE, QUERY_DENSE, FeatureEncoder
 from recsys.models.two_tower import (
     QueryFeatureSpec,
     RetrievalExamples,
@@ -109,7 +109,7 @@ class Retriever:
 
 
 def fit_retriever(home: PrivateHome, config) -> Retriever:
-    """GNN then two-tower training on the home's data (see ``recsys.learned.model``).
+    """GNN then two-tower training on the home's data (see ``recsys.models.interest``).
 
     GNN: trained on the graph as of t0 = as_of - 2w to predict links in [t0, t1); its embeddings
     as of t0 feed the towers' training rows, those as of t1 and as_of the fitted generators.

@@ -20,10 +20,10 @@ import tensorflow as tf
 
 import recsys  # noqa: F401  (switches TensorFlow to legacy Keras before it is imported)
 from recsys.evaluation._scoring import IdIndex
-from recsys.learned.data import LearnedModelError
-from recsys.learned.model import ANN_FILE, ENCODER_FILE, MANIFEST_FILE, QUERY_TOWER_DIR
-from recsys.learned.towers import FeatureEncoder
+from recsys.models.data import LearnedModelError
 from recsys.models.index import EmbeddingIndex
+from recsys.models.interest import ANN_FILE, ENCODER_FILE, MANIFEST_FILE, QUERY_TOWER_DIR
+from recsys.models.towers import FeatureEncoder
 
 
 @dataclass(frozen=True)

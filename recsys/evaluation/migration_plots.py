@@ -11,8 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys.config import Paths
-from recsys.writeback import open_for_read
+from recsys.home import Paths
+from recsys.warehouse.writeback import open_for_read
 
 PLOT_FILE = "interest_migrations.png"
 SHOWN_CATEGORIES = 5

@@ -36,13 +36,18 @@ from pathlib import Path
 
 import duckdb
 
-from recsys.config import Paths
-from recsys.schema import BEHAVIOR_ALIASES, EVENT_COLUMNS, REQUIRED_COLUMNS, UNKNOWN_CATEGORY
-from recsys.warehouse import (
+from recsys.home import Paths
+from recsys.warehouse.connect import (
     BASE_TABLES_DDL,
     DEFAULT_LOCK_TIMEOUT_S,
     retry_on_lock,
     table_exists,
+)
+from recsys.warehouse.schema import (
+    BEHAVIOR_ALIASES,
+    EVENT_COLUMNS,
+    REQUIRED_COLUMNS,
+    UNKNOWN_CATEGORY,
 )
 
 FORMATS = ("taobao", "retailrocket", "csv", "parquet")

@@ -23,7 +23,7 @@ import polars as pl
 from rich.console import Console
 from rich.progress import Progress
 
-from recsys.config import FeatureConfig, Paths
+from recsys.config import FeatureConfig
 from recsys.evaluation.baselines import (
     ALS,
     CandidateBlend,
@@ -43,7 +43,8 @@ from recsys.evaluation.split import (
     day_split,
     last_day_split,
 )
-from recsys.warehouse import connect
+from recsys.home import Paths
+from recsys.warehouse.connect import connect
 
 KS = (20, 50)
 # The columns shown on screen; metrics.json holds every (group, metric, k).
@@ -102,8 +103,8 @@ def learned_models(*, ablations: bool) -> dict[str, RecommenderFactory]:
         def make() -> Recommender:
             from dataclasses import replace
 
-            from recsys.learned.model import InterestConfig, InterestModel
-            from recsys.learned.retrieval import default_tower_config
+            from recsys.models.interest import InterestConfig, InterestModel
+            from recsys.models.retrieval import default_tower_config
 
             return InterestModel(InterestConfig(towers=replace(default_tower_config(), **flags)))
 

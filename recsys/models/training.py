@@ -14,9 +14,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from recsys.config import Paths
-from recsys.learned.data import LearnedModelError, write_embeddings
-from recsys.learned.model import MODEL_NAME, InterestConfig, InterestModel
+from recsys.home import Paths
+from recsys.models.data import LearnedModelError, write_embeddings
+from recsys.models.interest import MODEL_NAME, InterestConfig, InterestModel
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ def train_home(
     paths: Paths, *, config: InterestConfig | None = None, console: Console | None = None
 ) -> TrainReport:
     """Fit on every event of the home (as of just after the last one) and publish (module doc)."""
-    from recsys.evaluate import load_events
-    from recsys.features import materialize
+    from recsys.evaluation.run import load_events
+    from recsys.features.store import materialize
 
     events = load_events(paths)
     if events.is_empty():

@@ -36,10 +36,11 @@ import pandas as pd
 from feast import FeatureStore, RepoConfig
 from feast.feature_view import FeatureView
 
-from recsys import online_store
-from recsys.config import FeatureConfig, Paths
-from recsys.online import SeedError, SeedReport, Snapshot, read_snapshot, write_snapshot
-from recsys.warehouse import WarehouseBusyError
+from recsys.config import FeatureConfig
+from recsys.features import online_store
+from recsys.home import Paths
+from recsys.online.updater import SeedError, SeedReport, Snapshot, read_snapshot, write_snapshot
+from recsys.warehouse.connect import WarehouseBusyError
 
 # Feast installs its own warning filters on import; ours must come after it.
 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(ibis|duckdb|feast)")
@@ -47,7 +48,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"(ibis|feast)"
 warnings.filterwarnings("ignore", message=r".*ibis.*", category=DeprecationWarning)
 
 PROJECT = "recsys"
-REPO_DIR = Path(__file__).resolve().parent.parent / "feature_repo"
+REPO_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
 REPO_MODULES = ("entities", "data_sources", "features", "feature_services")
 FEATURES_DIR_ENV = "RECSYS_FEATURES_DIR"
 PROFILE_SERVICE = "user_profile_v1"
@@ -334,11 +335,11 @@ def materialize(
     ``MaterializationError`` when the window holds no rows or the online store stays empty.
 
     ``fast`` (default) reads each view's latest rows with one DuckDB query and writes them all
-    in one transaction / pipeline (``recsys.online_store``), the same rows Feast writes, then
+    in one transaction / pipeline (``recsys.features.online_store``), the same rows Feast writes, then
     records the interval in the registry as ``FeatureStore.materialize`` does. ``fast=False``
     (or a store setting the direct writer does not reproduce) runs ``FeatureStore.materialize``.
 
-    Then the online updater's state (``recsys.online.seed_state``) is replaced by the marts of
+    Then the online updater's state (``recsys.online.updater.seed_state``) is replaced by the marts of
     the same build, so that events applied later continue each user's history instead of
     overwriting it. The marts are read first: ``MaterializationError`` before anything is
     written when they are of another build than the exports. A home without a warehouse
@@ -546,7 +547,7 @@ class OnlineReader:
     """Fast reads of one user's features of a feature service, for serving.
 
     Resolves the service's views once and reads the user's stored values of all of them in one
-    SQLite query or one Redis ``HMGET`` (``recsys.online_store``; other stores through the
+    SQLite query or one Redis ``HMGET`` (``recsys.features.online_store``; other stores through the
     provider's ``online_read``). ``read_user`` returns exactly what ``online_features`` returns
     and raises the same errors. Reuse one reader (and its ``FeatureStore``) per process; it is
     safe to call from several threads.

@@ -25,7 +25,7 @@ Seeding: ``seed_state(paths)`` replaces the whole state (all but ``quarantine``)
 transaction with the warehouse's marts as of the build's as_of (``recsys_params.as_of``):
 ``user_category_interest`` (sums at as_of, first/last time, counts), ``edges_user_item``
 (behaviour counts per item, latest time per behaviour) and ``user_recent_sequence`` (the
-latest events; time = as_of - gap, exact in microseconds). ``recsys.features.materialize``
+latest events; time = as_of - gap, exact in microseconds). ``recsys.features.store.materialize``
 calls it after loading the online store, so both describe the same build, and events applied
 later continue each user's history exactly. Nothing else in the state depends on older events:
 a decayed sum, a count, a min or a max absorbs any further event, and every event outside the
@@ -60,9 +60,10 @@ from typing import Any
 
 import pandas as pd
 
-from recsys.config import FeatureConfig, Paths
-from recsys.schema import BEHAVIORS
-from recsys.writeback import DEFAULT_LOCK_TIMEOUT_S, open_for_read
+from recsys.config import FeatureConfig
+from recsys.home import Paths
+from recsys.warehouse.schema import BEHAVIORS
+from recsys.warehouse.writeback import DEFAULT_LOCK_TIMEOUT_S, open_for_read
 
 STATE_FILE = "online_state.db"
 # everything but the quarantine, a log of bad input
@@ -634,7 +635,7 @@ class FeastPushWriter:
     ``FeatureStore.push`` resolves the push source's views from the registry and converts the
     frame through pandas/arrow on every call, and the provider commits once per view. This
     writer resolves the views of each push source once, encodes each view's row with Feast's
-    value converter, and writes all of them at once through ``recsys.online_store`` (SQLite:
+    value converter, and writes all of them at once through ``recsys.features.online_store`` (SQLite:
     one transaction on a WAL connection it keeps open; Redis: one ``HSET``): the same online
     rows that ``push(..., to=PushMode.ONLINE)`` writes. Store settings the direct writer does
     not reproduce go through the provider's ``online_write_batch``, view by view.
@@ -643,7 +644,7 @@ class FeastPushWriter:
     def __init__(self, store: Any) -> None:
         from feast.data_source import PushSource
 
-        from recsys import online_store
+        from recsys.features import online_store
 
         self.encode_row = online_store.encode_row
         self.store = store

@@ -33,11 +33,12 @@ from pathlib import Path
 
 import duckdb
 
-from recsys.config import FeatureConfig, Paths
-from recsys.schema import BEHAVIORS
-from recsys.warehouse import DEFAULT_LOCK_TIMEOUT_S, connect
+from recsys.config import FeatureConfig
+from recsys.home import Paths
+from recsys.warehouse.connect import DEFAULT_LOCK_TIMEOUT_S, connect
+from recsys.warehouse.schema import BEHAVIORS
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 LAYERS: tuple[str, ...] = ("staging", "intermediate", "marts", "exports")
 VIEW_SCHEMA = "live"
 MEMORY_LIMIT = "4GB"
@@ -61,7 +62,7 @@ class BuildError(Exception):
 class MigrationRule:
     """Thresholds of the interest-migration detector (sql/marts/interest_migrations.sql).
 
-    Defaults were chosen on recsys.simulate data (precision and recall above 0.8 against the
+    Defaults were chosen on recsys.warehouse.simulate data (precision and recall above 0.8 against the
     planted migrations, see tests/test_sql.py).
     """
 

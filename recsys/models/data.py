@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from recsys.build import build
-from recsys.config import FeatureConfig, Paths
-from recsys.warehouse import connect
+from recsys.config import FeatureConfig
+from recsys.home import Paths
+from recsys.warehouse.build import build
+from recsys.warehouse.connect import connect
 
 QUERY_SERVICE = "two_tower_v1_query"
 CANDIDATE_SERVICE = "two_tower_v1_candidate"
@@ -140,7 +141,7 @@ class PrivateHome:
         Returns the edges and the interest migrations (user_id, from_category_id,
         to_category_id, detected_at) as of ``as_of``.
         """
-        from recsys.features import apply, feature_store
+        from recsys.features.store import apply, feature_store
 
         build(self.paths, as_of=self.as_of, config=self.config, snapshots=self.snapshots[:-1])
         user_item, item_item, migrations = self._read(
@@ -175,7 +176,7 @@ class PrivateHome:
         return self._historical(entities, CANDIDATE_SERVICE)
 
     def _historical(self, entities: pl.DataFrame, service: str) -> pl.DataFrame:
-        from recsys.features import historical_features
+        from recsys.features.store import historical_features
 
         if self._store is None:
             raise LearnedModelError("build_features() must run before reading features")

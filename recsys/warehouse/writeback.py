@@ -23,7 +23,7 @@ the warehouse open for long:
 
 - writers (this module, and the service's event flushes) use :func:`open_for_write` for one short
   transaction and close the file; a lock conflict is retried with jittered backoff (as every
-  ``recsys.warehouse.connect`` does), then ``WarehouseBusyError`` names the holder. Spooling
+  ``recsys.warehouse.connect.connect`` does), then ``WarehouseBusyError`` names the holder. Spooling
   first means the lock is held only for the insert, never while a slow iterator of batches is
   being produced;
 - analysts open the file read-only and close it when done: plain
@@ -56,9 +56,9 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from recsys import warehouse
-from recsys.config import Paths
-from recsys.warehouse import DEFAULT_LOCK_TIMEOUT_S, retry_on_lock
+from recsys.home import Paths
+from recsys.warehouse import connect as warehouse
+from recsys.warehouse.connect import DEFAULT_LOCK_TIMEOUT_S, retry_on_lock
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

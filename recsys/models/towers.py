@@ -25,8 +25,8 @@ import numpy as np
 import polars as pl
 
 from recsys.evaluation._scoring import IdIndex
-from recsys.learned.data import LearnedModelError
-from recsys.schema import BEHAVIORS
+from recsys.models.data import LearnedModelError
+from recsys.warehouse.schema import BEHAVIORS
 
 QUERY_DENSE = (
     "user_interest_short__interest_total_short",

@@ -16,7 +16,7 @@ import polars as pl
 import tensorflow as tf
 
 from recsys.evaluation._scoring import IdIndex
-from recsys.learned.data import Edges, LearnedModelError
+from recsys.models.data import Edges, LearnedModelError
 from recsys.models.gnn import (
     GnnConfig,
     GnnEmbeddings,
@@ -25,7 +25,7 @@ from recsys.models.gnn import (
     full_graph_embeddings,
     train_gnn,
 )
-from recsys.schema import BEHAVIORS
+from recsys.warehouse.schema import BEHAVIORS
 
 
 @dataclass(frozen=True)

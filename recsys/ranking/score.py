@@ -1,7 +1,7 @@
 """``recsys score``: top-k for every known user from the newest trained model, written back.
 
 The run lands in ``recommendations`` / ``recommendation_runs`` atomically (see
-``recsys.writeback``) with the model's version, its feature as-of time and the metrics of the
+``recsys.warehouse.writeback``) with the model's version, its feature as-of time and the metrics of the
 newest evaluation of the learned model, so analysts can compare runs in SQL.
 """
 
@@ -18,9 +18,9 @@ import polars as pl
 from rich.console import Console
 from rich.progress import Progress
 
-from recsys.config import Paths
-from recsys.evaluate import LEARNED_MODEL
-from recsys.writeback import RunReport, open_for_read, write_run
+from recsys.evaluation.run import LEARNED_MODEL
+from recsys.home import Paths
+from recsys.warehouse.writeback import RunReport, open_for_read, write_run
 
 MANIFEST = "manifest.json"
 
@@ -93,7 +93,7 @@ def score_all(
     console: Console | None = None,
 ) -> RunReport:
     """Recommend ``k`` items to every user in the warehouse with the newest saved model."""
-    from recsys.learned.model import InterestModel
+    from recsys.models.interest import InterestModel
 
     directory = latest_model_dir(paths)
     return score_users(

@@ -39,7 +39,7 @@ from recsys.evaluation.baselines import (
     RepeatCandidates,
     TransitionCandidates,
 )
-from recsys.learned.data import LearnedModelError, PrivateHome
+from recsys.models.data import LearnedModelError, PrivateHome
 from recsys.models.gnn import GnnConfig
 
 MIGRATION_LOOKBACK = timedelta(days=7)
@@ -91,7 +91,7 @@ class AnnCandidates:
     user_id, item_id, ann_score (inner product of unit vectors).
     """
 
-    retriever: object  # recsys.learned.retrieval.Retriever (holds the towers and feature access)
+    retriever: object  # recsys.models.retrieval.Retriever (holds the towers and feature access)
     n_candidates: int = 100
     name: str = "ann"
 
@@ -136,7 +136,7 @@ class InterestModel:
         self.config = config or InterestConfig()
 
     def fit(self, events: pl.DataFrame, as_of: datetime) -> Self:
-        from recsys.learned.retrieval import fit_retriever
+        from recsys.models.retrieval import fit_retriever
 
         c = self.config
         events = events_before(events, as_of)
@@ -180,7 +180,7 @@ class InterestModel:
 
         Layout: ``manifest.json`` (version, as_of, files), ``blend.pkl`` (ranker weights and the
         fitted candidate generators, ANN embeddings included), ``items.parquet`` (item table)
-        and, for the service (``recsys.learned.serving``): ``query_tower/`` (SavedModel),
+        and, for the service (``recsys.models.saved``): ``query_tower/`` (SavedModel),
         ``index/`` (SavedModel of the TFRS top-k index with the query tower inside: query
         feature dict -> (scores, item ids)), ``encoder.pkl`` (the feature encoder) and
         ``ann.npz`` (item ids and embeddings, GNN user ids and embeddings, as of as_of).
@@ -276,7 +276,7 @@ class InterestModel:
         source: "repeat" (the user touched the item before), else "ann" (the two-tower
         retrieved it), else "popular" (category/transition candidates and popular fill).
         """
-        from recsys.writeback import reason_for
+        from recsys.warehouse.writeback import reason_for
 
         self._require_fitted()
         user_ids = np.asarray(user_ids, np.int64)

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import duckdb
 
-from recsys.config import Paths
+from recsys.home import Paths
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 _LOCK_CONFLICT = "Could not set lock on file"

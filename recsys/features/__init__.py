@@ -1,0 +1,1 @@
+"""Feast only: the feature repository, materialisation and online reads."""

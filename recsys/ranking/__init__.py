@@ -1,0 +1,1 @@
+"""Candidate sources, the learned ranker and reasons: used by score, evaluate and serve."""
