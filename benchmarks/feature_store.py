@@ -1,18 +1,18 @@
 """Feature-store benchmark: materialisation, online reads and event -> online update latency.
 
-Simulates ~1M events (recsys.warehouse.simulate; 6,000 users x 20,000 items x 30 days), builds the marts
-and exports (or reuses a built ``--home``), then for SQLite (and Redis when ``$REDIS_URL`` is
-set) measures, each against an in-run baseline:
+Simulates ~1M events (recsys.warehouse.simulate; 6,000 users x 20,000 items x 30 days), builds
+the marts and exports (or reuses a built ``--home``), then for SQLite (and Redis when
+``$REDIS_URL`` is set) measures, each against an in-run baseline:
 
 - full materialisation: Feast's ``FeatureStore.materialize`` (baseline, ``fast=False``) vs the
-  bulk path (``recsys.features.store.materialize``): seconds of the load, of the whole call (apply +
+  bulk path (``recsys.features.materialize``): seconds of the load, of the whole call (apply +
   load + read-back check), CPU seconds, rows/s;
 - one user's full query-side features (``two_tower_v1_query``): ``get_online_features``
   (baseline), the provider's ``online_read`` with precomputed entity keys, and
-  ``recsys.features.OnlineReader.read_user``; plus a raw SQLite select of the same rows;
+  ``recsys.features.read.OnlineReader.read``; plus a raw SQLite select of the same rows;
 - 100 items' candidate-side features (``two_tower_v1_candidate``);
-- one event -> updated online features (``recsys.online.updater.OnlineUpdater``): one transaction per
-  event (``FeastPushWriter``) vs one provider write per view (baseline).
+- one event -> updated online features (``recsys.online.updater.OnlineUpdater``): one
+  transaction per event (``FeastPushWriter``) vs one provider write per view (baseline).
 
 Usage: python benchmarks/feature_store.py [--users 6000 --items 20000 --days 30] [--home DIR]
 Other processes share the CPUs: the load average is printed with the figures.
@@ -98,10 +98,10 @@ def raw_sqlite_read(db: Path, tables: list[str], key: bytes) -> Callable[[], obj
 
 
 def materialise(paths, settings, fast: bool) -> tuple[str, str]:
-    from recsys.features import store as F
+    from recsys.features.materialize import materialize
 
     began, cpu = time.perf_counter(), time.process_time()
-    report = F.materialize(paths, online=settings, fast=fast)
+    report = materialize(paths, online=settings, fast=fast)
     call, cpu = time.perf_counter() - began, time.process_time() - cpu
     name = "bulk (recsys)" if fast else "FeatureStore.materialize (baseline)"
     return (
@@ -116,14 +116,18 @@ def bench_store(paths, settings, label: str, user_ids: list[int], item_ids: list
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 
-    from recsys.features import store as F
-    from recsys.online.updater import Event, OnlineUpdater, Outcome
+    from recsys.features import feast_compat
+    from recsys.features.materialize import export_time_range
+    from recsys.features.read import OnlineReader, online_features
+    from recsys.features.repo import feature_store
+    from recsys.online.state import Outcome
+    from recsys.online.updater import Event, OnlineUpdater
 
     rows: list[tuple[str, np.ndarray | str]] = [
         materialise(paths, settings, fast=False),
         materialise(paths, settings, fast=True),
     ]
-    store = F.feature_store(paths, settings)
+    store = feature_store(paths, settings)
     query = store.get_feature_service("two_tower_v1_query")
     candidate = store.get_feature_service("two_tower_v1_candidate")
     rng = random.Random(0)
@@ -140,7 +144,7 @@ def bench_store(paths, settings, label: str, user_ids: list[int], item_ids: list
         )
     )
 
-    provider = store._get_provider()
+    provider = feast_compat.provider(store)
     views = [store.get_feature_view(p.name) for p in query.feature_view_projections]
     config = store.config
 
@@ -155,10 +159,10 @@ def bench_store(paths, settings, label: str, user_ids: list[int], item_ids: list
         return [provider.online_read(config, view, key) for view in views]
 
     rows.append(("1 user, provider.online_read (precomputed keys)", timed(provider_read, 2000)))
-    reader = F.OnlineReader(paths, service="two_tower_v1_query", store=store)
+    reader = OnlineReader(store, "two_tower_v1_query")
     reader_users = iter(rng.choices(user_ids, k=10_000))
-    read_user = timed(lambda: reader.read_user(next(reader_users)), 5000)
-    rows.append(("1 user, OnlineReader.read_user", read_user))
+    read_user = timed(lambda: reader.read(next(reader_users)), 5000)
+    rows.append(("1 user, OnlineReader.read", read_user))
     if settings.kind == "sqlite":
         tables = [f"recsys_{v.name}" for v in views]
         key = serialize_entity_key(keys[0], entity_key_serialization_version=3)
@@ -175,7 +179,7 @@ def bench_store(paths, settings, label: str, user_ids: list[int], item_ids: list
 
     rows.append(("100 items, two_tower_v1_candidate", timed(hundred_items, 200)))
 
-    _, end = F.export_time_range(paths)
+    _, end = export_time_range(paths)
     clock = iter(end + timedelta(seconds=s) for s in range(1, 1_000_000))
     for per_view, name, repeats in [
         (True, "event -> online, one provider write per view (baseline)", 500),
@@ -196,9 +200,8 @@ def bench_store(paths, settings, label: str, user_ids: list[int], item_ids: list
         rows.append((name, timed(one_event, repeats)))
         updater.close()
     check_user = rng.choice(user_ids)
-    assert reader.read_user(check_user) == F.online_features(
-        paths, check_user, service="two_tower_v1_query", store=store
-    )
+    want = online_features(paths, check_user, service="two_tower_v1_query", store=store)
+    assert reader.read(check_user).features == {k: v for k, v in want.items() if k != "user_id"}
     show(label, rows)
 
 
@@ -230,7 +233,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--home", type=Path, default=None, help="reused when already built")
     args = parser.parse_args()
-    from recsys.features import store as F
+    from recsys.features.redis_claim import release_redis
+    from recsys.features.repo import OnlineStoreSettings
 
     home = args.home or Path(tempfile.mkdtemp(prefix="recsys-bench-features-"))
     paths = resolve_home(home)
@@ -238,13 +242,13 @@ def main() -> None:
     n_events = prepare(paths, args.users, args.items, args.days, args.seed)
     user_ids, item_ids = export_ids(paths)
     console.print(f"{n_events:,} events, {len(user_ids):,} users, {len(item_ids):,} items")
-    bench_store(paths, F.OnlineStoreSettings(), "sqlite", user_ids, item_ids)
+    bench_store(paths, OnlineStoreSettings(), "sqlite", user_ids, item_ids)
     if os.environ.get("REDIS_URL"):
-        redis = F.OnlineStoreSettings.redis(os.environ["REDIS_URL"])
+        redis = OnlineStoreSettings.redis(os.environ["REDIS_URL"])
         try:
             bench_store(paths, redis, "redis", user_ids, item_ids)
         finally:
-            F.release_redis(paths, redis)  # the database is free for the next home
+            release_redis(paths, redis)  # the database is free for the next home
     else:
         console.print("REDIS_URL not set: skipping the redis online store")
 

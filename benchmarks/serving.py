@@ -64,7 +64,7 @@ TILE_NOISE = 0.1
 
 
 def prepare(home: Path, users: int, items: int, days: int) -> None:
-    from recsys.features import store as F
+    from recsys.features.materialize import materialize
     from recsys.home import resolve_home
     from recsys.warehouse.build import build
     from recsys.warehouse.ingest import ingest_file
@@ -76,7 +76,7 @@ def prepare(home: Path, users: int, items: int, days: int) -> None:
     with console.status("ingest, build, materialise"):
         ingest_file(paths, events_path, fmt="parquet")
         build(paths)
-        F.materialize(paths)
+        materialize(paths)
     console.print(f"home {paths.home}: {sim.events.height:,} events")
 
 
@@ -168,12 +168,12 @@ def bare_app(home: Path, n_items: int):
     from fastapi import FastAPI, Query
     from fastapi.responses import Response
 
-    from recsys.features import store as F
+    from recsys.features.read import OnlineReader
+    from recsys.features.repo import feature_store
     from recsys.home import resolve_home
-    from recsys.serving.profile import OnlineProfileReader
 
     _, ann, _ = components(home, n_items)
-    reader = OnlineProfileReader(F.feature_store(resolve_home(home)))
+    reader = OnlineReader(feature_store(resolve_home(home)))
     app = FastAPI()
 
     @app.get("/readyz")
@@ -303,14 +303,14 @@ def isolated(fn, arguments: list) -> np.ndarray:
 def raw_parts(home: Path, n_items: int, users: list[int], repeats: int):
     """The online feature read, the query tower and the ANN search, timed in-process in
     request order and in isolation; and the description of the ANN stage."""
-    from recsys.features import store as F
+    from recsys.features.read import OnlineReader
+    from recsys.features.repo import feature_store
     from recsys.home import resolve_home
     from recsys.serving.app import one_tensorflow_thread
-    from recsys.serving.profile import OnlineProfileReader
 
     one_tensorflow_thread()  # the service's TensorFlow settings (load_model)
     _, ann, description = components(home, n_items)
-    reader = OnlineProfileReader(F.feature_store(resolve_home(home)))
+    reader = OnlineReader(feature_store(resolve_home(home)))
     sample = [u for u in random.Random(1).choices(users, k=repeats) if reader.read(u)]
     profiles = [reader.read(u) for u in sample]
     queries = [ann.query(p) for p in profiles]

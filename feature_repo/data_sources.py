@@ -3,7 +3,7 @@
 The exports live in ``<home>/features``. Under ``feast apply`` (run from this folder) that is
 the default home ``../data/features``, kept relative so the repo works in any clone. The
 ``recsys features ... --home DIR`` commands load these same modules with ``RECSYS_FEATURES_DIR``
-set to ``DIR/features`` (see ``recsys.features.store.load_definitions``), so there is one set of
+set to ``DIR/features`` (see ``recsys.features.repo.load_definitions``), so there is one set of
 definitions for both paths.
 
 Every export carries ``event_timestamp`` = the snapshot time T its row was computed as of, from

@@ -166,7 +166,7 @@ RedisOption = Annotated[
 
 
 def _online_store(redis_url: str | None):
-    from recsys.features.store import OnlineStoreSettings
+    from recsys.features.repo import OnlineStoreSettings
 
     return OnlineStoreSettings.redis(redis_url) if redis_url else OnlineStoreSettings()
 
@@ -174,7 +174,8 @@ def _online_store(redis_url: str | None):
 @features_app.command("apply")
 def features_apply(home: HomeOption = None, redis_url: RedisOption = None) -> None:
     """Register the feature repo's definitions for this home (registry in HOME/feast)."""
-    from recsys.features.store import FeatureStoreError, apply
+    from recsys.features.errors import FeatureStoreError
+    from recsys.features.repo import apply
 
     try:
         names = apply(resolve_home(home), online=_online_store(redis_url))
@@ -186,7 +187,8 @@ def features_apply(home: HomeOption = None, redis_url: RedisOption = None) -> No
 @features_app.command("materialize")
 def features_materialize(home: HomeOption = None, redis_url: RedisOption = None) -> None:
     """Load the latest exported features into the online store (the data's own time range)."""
-    from recsys.features.store import FeatureStoreError, materialize
+    from recsys.features.errors import FeatureStoreError
+    from recsys.features.materialize import materialize
 
     try:
         report = materialize(resolve_home(home), online=_online_store(redis_url))
@@ -204,7 +206,8 @@ def features_release(
 ) -> None:
     """Give up this home's claim on a Redis database, so another home may use it (the rows
     stay until that home materialises)."""
-    from recsys.features.store import OnlineStoreSettings, release_redis
+    from recsys.features.redis_claim import release_redis
+    from recsys.features.repo import OnlineStoreSettings
 
     if release_redis(resolve_home(home), OnlineStoreSettings.redis(redis_url)):
         console.print(f"released {redis_url}")
@@ -222,7 +225,8 @@ def features_online(
     """Print a user's online features as JSON."""
     import json
 
-    from recsys.features.store import FeatureStoreError, online_features
+    from recsys.features.errors import FeatureStoreError
+    from recsys.features.read import online_features
 
     try:
         row = online_features(
@@ -326,23 +330,26 @@ def score(
     home: HomeOption = None,
 ) -> None:
     """Top-k for every known user from the newest model, written back as a run."""
-    from recsys.ranking.score import ScoreError, score_all
+    from recsys.models.artifacts import ArtifactError
+    from recsys.models.training import score_home
+    from recsys.ranking.score import ScoreError
     from recsys.warehouse.connect import WarehouseBusyError
     from recsys.warehouse.writeback import WritebackError
 
     try:
-        report = score_all(
+        report = score_home(
             resolve_home(home),
             k=k,
             exclude_purchased=exclude_purchased,
             retention=retention,
             console=console,
         )
-    except (ScoreError, WritebackError, WarehouseBusyError) as exc:
+    except (ScoreError, ArtifactError, WritebackError, WarehouseBusyError) as exc:
         raise fail(str(exc)) from None
     run = report.run
     console.print(
-        f"run {run.run_id} ({run.model_version}): {run.n_rows:,} rows for {run.n_users:,} users; "
+        f"run {run.run_id} ({run.model_version}, ranked by {run.ranker}): {run.n_rows:,} rows "
+        f"for {run.n_users:,} users; "
         f"by source {run.counts}; pruned runs {list(report.pruned_run_ids)}"
     )
 

@@ -157,7 +157,7 @@ def build_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
 
 def features_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
     """``feast apply`` and materialisation (``materialize`` applies the repo first)."""
-    from recsys.features.store import materialize
+    from recsys.features.materialize import materialize
 
     with console.status("feast apply + materialising online features"):
         report = materialize(paths)
@@ -188,11 +188,14 @@ def evaluate_step(paths: Paths, config: PipelineConfig, console: Console) -> str
 
 
 def score_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
-    from recsys.ranking.score import score_all
+    from recsys.models.training import score_home
 
-    report = score_all(paths, console=console)
+    report = score_home(paths, console=console)
     run = report.run
-    return f"run {run.run_id}: {run.n_rows:,} recommendations for {run.n_users:,} users"
+    return (
+        f"run {run.run_id}: {run.n_rows:,} recommendations for {run.n_users:,} users, "
+        f"ranked by {run.ranker}"
+    )
 
 
 DEFAULT_STEPS: dict[str, Step] = {

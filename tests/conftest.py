@@ -8,12 +8,13 @@ from urllib.parse import urlparse
 
 import pytest
 
-from recsys.features import store as F
+from recsys.features.redis_claim import release_redis
+from recsys.features.repo import OnlineStoreSettings
 from recsys.home import Paths
 
 
 @pytest.fixture
-def redis_store() -> Iterator[Callable[[Paths, int], F.OnlineStoreSettings]]:
+def redis_store() -> Iterator[Callable[[Paths, int], OnlineStoreSettings]]:
     """``redis_store(home, offset)``: the Redis online store of ``$REDIS_URL`` on its database
     number + offset (a Redis database serves one home, so tests that need several homes, or
     that run after each other, take their own), skipping without ``$REDIS_URL``. The homes'
@@ -21,15 +22,15 @@ def redis_store() -> Iterator[Callable[[Paths, int], F.OnlineStoreSettings]]:
     url = os.environ.get("REDIS_URL")
     if not url:
         pytest.skip("REDIS_URL is not set (start redis-server and export REDIS_URL)")
-    claims: list[tuple[Paths, F.OnlineStoreSettings]] = []
+    claims: list[tuple[Paths, OnlineStoreSettings]] = []
 
-    def settings(home: Paths, offset: int) -> F.OnlineStoreSettings:
+    def settings(home: Paths, offset: int) -> OnlineStoreSettings:
         parsed = urlparse(url)
         db = int((parsed.path or "/0").lstrip("/") or 0) + offset
-        store = F.OnlineStoreSettings.redis(parsed._replace(path=f"/{db}").geturl())
+        store = OnlineStoreSettings.redis(parsed._replace(path=f"/{db}").geturl())
         claims.append((home, store))
         return store
 
     yield settings
     for home, store in claims:
-        F.release_redis(home, store)
+        release_redis(home, store)

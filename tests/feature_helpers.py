@@ -40,10 +40,10 @@ def online_snapshot(paths: Paths, settings, entity_ids: dict[str, list[int]]) ->
     table rows, or Redis hashes) and ``get_online_features`` of every view, per join key."""
     from feast import ValueType
 
-    from recsys.features import online_store
-    from recsys.features import store as F
+    from recsys.features import feast_compat, online_store
+    from recsys.features.repo import feature_store
 
-    store = F.feature_store(paths, settings)
+    store = feature_store(paths, settings)
     views = [v for v in store.list_feature_views() if v.online]
     online = {}
     for view in views:
@@ -63,7 +63,7 @@ def online_snapshot(paths: Paths, settings, entity_ids: dict[str, list[int]]) ->
         for (table,) in con.execute("select name from sqlite_master where type = 'table'"):
             stored[table] = con.execute(f'select * from "{table}" order by 1, 2').fetchall()
     else:
-        client = store._get_provider().online_store._get_client(store.config.online_store)
+        client = feast_compat.redis_client(store)
         for key_name, ids in entity_ids.items():
             for key in online_store.entity_keys(key_name, ValueType.INT64, ids):
                 stored[key] = client.hgetall(key + b"recsys")
@@ -74,11 +74,11 @@ def delete_redis_keys(paths: Paths, settings, entity_ids: dict[str, list[int]]) 
     """Remove these entities' hashes (only theirs: the Redis database may be shared)."""
     from feast import ValueType
 
-    from recsys.features import online_store
-    from recsys.features import store as F
+    from recsys.features import feast_compat, online_store
+    from recsys.features.repo import feature_store
 
-    store = F.feature_store(paths, settings)
-    client = store._get_provider().online_store._get_client(store.config.online_store)
+    store = feature_store(paths, settings)
+    client = feast_compat.redis_client(store)
     for key_name, ids in entity_ids.items():
         keys = online_store.entity_keys(key_name, ValueType.INT64, ids)
         client.delete(*[key + b"recsys" for key in keys])

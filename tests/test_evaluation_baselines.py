@@ -9,7 +9,6 @@ from event_frames import T
 from event_frames import frame as _frame
 
 from recsys.config import FeatureConfig
-from recsys.evaluation._scoring import top_k_matrix
 from recsys.evaluation.baselines import (
     ALS,
     CandidateBlend,
@@ -20,7 +19,8 @@ from recsys.evaluation.baselines import (
     user_category_context,
 )
 from recsys.evaluation.errors import EvaluationError
-from recsys.evaluation.ranker import LogisticRanker
+from recsys.ranking.frames import top_k_matrix
+from recsys.ranking.ranker import LogisticRanker
 
 
 def frame(rows):

@@ -1,4 +1,4 @@
-"""The Feast feature repo and recsys.features.store: definitions, apply, materialise, reads."""
+"""The Feast feature repo and recsys.features: definitions, apply, materialise, reads."""
 
 from __future__ import annotations
 
@@ -15,7 +15,16 @@ import pytest
 from feast import FeatureView
 from feature_helpers import delete_redis_keys, load_events, online_snapshot, simulated_home
 
-from recsys.features import store as F
+from recsys.features.errors import (
+    FeatureStoreError,
+    MaterializationError,
+    NotMaterialized,
+    UnknownUser,
+)
+from recsys.features.materialize import export_time_range, materialize
+from recsys.features.read import OnlineReader, historical_features, online_features
+from recsys.features.redis_claim import claim_redis, release_redis
+from recsys.features.repo import FEATURES_DIR_ENV, SQLITE, apply, feature_store, load_definitions
 from recsys.home import resolve_home
 from recsys.warehouse.build import build
 
@@ -27,7 +36,7 @@ def built(tmp_path_factory: pytest.TempPathFactory):
     """A small simulated home, built, applied and materialised (shared: read-only tests)."""
     paths = resolve_home(tmp_path_factory.mktemp("home"))
     simulated_home(paths)
-    report = F.materialize(paths)
+    report = materialize(paths)
     return paths, report
 
 
@@ -45,7 +54,7 @@ def _final_rows(paths, name: str, key: str) -> pd.DataFrame:
 
 def test_definitions_follow_conventions(built):
     paths, _ = built
-    objects = {obj.name: obj for obj in F.load_definitions(paths.features)}
+    objects = {obj.name: obj for obj in load_definitions(paths.features)}
     assert {"user", "item", "category"} <= objects.keys()
     views = [o for o in objects.values() if isinstance(o, FeatureView)]
     assert {v.name for v in views} >= {
@@ -69,8 +78,8 @@ def test_definitions_follow_conventions(built):
 
 
 def test_definitions_fail_clearly_without_exports(tmp_path):
-    with pytest.raises(F.FeatureStoreError, match=r"recsys build"):
-        F.load_definitions(tmp_path / "features")
+    with pytest.raises(FeatureStoreError, match=r"recsys build"):
+        load_definitions(tmp_path / "features")
 
 
 def test_materialize_uses_the_datas_time_range(built):
@@ -78,7 +87,7 @@ def test_materialize_uses_the_datas_time_range(built):
     funnel = _final_rows(paths, "user_behavior_funnel", "user_id")
     assert report.rows["user_behavior_funnel"] == len(funnel) > 0
     assert report.rows["item_stats"] == len(_final_rows(paths, "item_stats", "item_id"))
-    low, high = F.export_time_range(paths)
+    low, high = export_time_range(paths)
     assert (report.start, report.end) == (low, high)
 
 
@@ -86,7 +95,7 @@ def test_online_features_match_the_latest_export_row(built):
     paths, _ = built
     interest = _final_rows(paths, "user_interest", "user_id").iloc[0]
     funnel = _final_rows(paths, "user_behavior_funnel", "user_id").set_index("user_id")
-    got = F.online_features(paths, int(interest.user_id))
+    got = online_features(paths, int(interest.user_id))
     assert got["user_interest_short__top_categories_short"] == list(interest.top_categories_short)
     assert got["user_interest_long__top_scores_long"] == pytest.approx(
         list(interest.top_scores_long), abs=1e-12
@@ -96,13 +105,13 @@ def test_online_features_match_the_latest_export_row(built):
 
 def test_online_features_errors(built, tmp_path):
     paths, _ = built
-    with pytest.raises(F.UnknownUser, match="user 987654321"):
-        F.online_features(paths, 987654321)
+    with pytest.raises(UnknownUser, match="user 987654321"):
+        online_features(paths, 987654321)
     fresh = resolve_home(tmp_path / "fresh")
     shutil.copytree(paths.features, fresh.features)
-    F.apply(fresh)
-    with pytest.raises(F.NotMaterialized, match="recsys features materialize"):
-        F.online_features(fresh, 1)
+    apply(fresh)
+    with pytest.raises(NotMaterialized, match="recsys features materialize"):
+        online_features(fresh, 1)
 
 
 def test_materialize_fails_loudly_on_empty_exports(built, tmp_path):
@@ -114,15 +123,15 @@ def test_materialize_fails_loudly_on_empty_exports(built, tmp_path):
             f"copy (select * from read_parquet('{source}') limit 0) "
             f"to '{empty.features / source.name}' (format parquet)"
         )
-    with pytest.raises(F.MaterializationError, match="hold no rows"):
-        F.materialize(empty)
+    with pytest.raises(MaterializationError, match="hold no rows"):
+        materialize(empty)
 
 
 def test_historical_year_2017_data_materialises(tmp_path):
     # Wall-clock incremental materialisation would load nothing from a 2017 log.
     paths = resolve_home(tmp_path)
     simulated_home(paths, users=10, items=50, days=2, start=datetime(2017, 11, 25))
-    report = F.materialize(paths)
+    report = materialize(paths)
     assert report.rows["user_interest_short"] > 0
     assert report.start.year == 2017
 
@@ -153,7 +162,7 @@ def test_point_in_time_join_never_sees_the_label_time_or_later(tmp_path):
         [str(paths.features / "user_behavior_funnel.parquet")],
     )
     assert label in [row[0] for row in stamps.fetchall()]
-    F.apply(paths)
+    apply(paths)
     entity_df = pd.DataFrame(
         {
             "user_id": [1, 1, 1, 1, 1],
@@ -166,7 +175,7 @@ def test_point_in_time_join_never_sees_the_label_time_or_later(tmp_path):
             ],
         }
     )
-    got = F.historical_features(paths, entity_df, "user_profile_v1")
+    got = historical_features(paths, entity_df, "user_profile_v1")
     assert list(got["event_timestamp"]) == list(entity_df["event_timestamp"])
     assert pd.isna(got["user_behavior_funnel__n_view"][0])
     assert list(got["user_behavior_funnel__n_view"][1:]) == [2, 2, 2, 2]
@@ -186,7 +195,7 @@ def test_two_tower_service_joins_user_and_item_sides(built):
             "event_timestamp": [max(funnel.event_timestamp, item.event_timestamp)],
         }
     )
-    got = F.historical_features(paths, entity_df, "two_tower_v1").iloc[0]
+    got = historical_features(paths, entity_df, "two_tower_v1").iloc[0]
     # Both sides have an n_view; full feature names keep them apart.
     assert got["user_behavior_funnel__n_view"] == funnel.n_view
     assert got["item_stats__n_view"] == item.n_view
@@ -199,7 +208,7 @@ def test_feast_apply_cli_on_a_fresh_clone(built, tmp_path):
     repo = tmp_path / "feature_repo"
     shutil.copytree(ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("__pycache__"))
     feast = Path(sys.executable).parent / "feast"
-    env = {k: v for k, v in os.environ.items() if k != F.FEATURES_DIR_ENV}
+    env = {k: v for k, v in os.environ.items() if k != FEATURES_DIR_ENV}
     env["PYTHONPATH"] = str(ROOT)
     failed = subprocess.run(
         [str(feast), "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=120
@@ -220,12 +229,12 @@ def test_redis_online_store_serves_the_same_rows(built, redis_store):
     redis_home = resolve_home(paths.home.parent / "redis_home")
     shutil.copytree(paths.features, redis_home.features, dirs_exist_ok=True)
     settings = redis_store(redis_home, 0)
-    report = F.materialize(redis_home, online=settings)
+    report = materialize(redis_home, online=settings)
     assert report.total_rows > 0
     user = int(_final_rows(paths, "user_interest", "user_id").user_id.iloc[0])
-    assert F.online_features(redis_home, user, online=settings) == F.online_features(paths, user)
-    reader = F.OnlineReader(redis_home, online=settings)
-    assert reader.read_user(user) == F.online_features(paths, user)
+    assert online_features(redis_home, user, online=settings) == online_features(paths, user)
+    profile = OnlineReader(feature_store(redis_home, settings)).read(user)
+    assert profile.features == _without_key(online_features(paths, user))
 
 
 def test_cli_online_prints_json_and_fails_clearly(built):
@@ -270,7 +279,7 @@ def _copy_with_embeddings(paths, home):
     target = resolve_home(home)
     shutil.copytree(paths.features, target.features)
     users = _entity_ids(paths)["user_id"][:5]
-    stamp = F.export_time_range(paths)[1]
+    stamp = export_time_range(paths)[1]
     frame = pd.DataFrame(
         {
             "user_id": users + [users[0]],
@@ -291,11 +300,11 @@ def _assert_same_online_store(
     feast_home, bulk_home, feast_settings, bulk_settings, before_bulk=None
 ):
     ids = _entity_ids(feast_home)
-    feast_report = F.materialize(feast_home, online=feast_settings, fast=False)
+    feast_report = materialize(feast_home, online=feast_settings, fast=False)
     feast_stored, feast_online = online_snapshot(feast_home, feast_settings, ids)
     if before_bulk:
         before_bulk(ids)
-    bulk_report = F.materialize(bulk_home, online=bulk_settings)
+    bulk_report = materialize(bulk_home, online=bulk_settings)
     bulk_stored, bulk_online = online_snapshot(bulk_home, bulk_settings, ids)
     assert bulk_report.rows == feast_report.rows
     assert bulk_report.rows["user_embedding"] == 5
@@ -305,7 +314,7 @@ def _assert_same_online_store(
     intervals = {
         home: {
             v.name: v.materialization_intervals
-            for v in F.feature_store(home, settings).list_feature_views()
+            for v in feature_store(home, settings).list_feature_views()
         }
         for home, settings in ((feast_home, feast_settings), (bulk_home, bulk_settings))
     }
@@ -320,7 +329,7 @@ def test_bulk_materialize_writes_exactly_what_feast_writes(built, tmp_path):
     paths, _ = built
     feast_home = _copy_with_embeddings(paths, tmp_path / "feast")
     bulk_home = _copy_with_embeddings(paths, tmp_path / "bulk")
-    _assert_same_online_store(feast_home, bulk_home, F.SQLITE, F.SQLITE)
+    _assert_same_online_store(feast_home, bulk_home, SQLITE, SQLITE)
 
 
 @pytest.mark.redis
@@ -345,14 +354,14 @@ def test_a_redis_database_serves_one_home(tmp_path, redis_store):
     first.home.mkdir(parents=True)
     settings = redis_store(first, 3)
     redis_store(second, 3)  # released after the test too
-    F.claim_redis(first, settings)
-    F.claim_redis(first, settings)  # a home may reopen its own database
+    claim_redis(first, settings)
+    claim_redis(first, settings)  # a home may reopen its own database
     refused = r"holds the online features of another recsys home \(.*first\)"
-    with pytest.raises(F.FeatureStoreError, match=refused):
-        F.feature_store(second, settings)
+    with pytest.raises(FeatureStoreError, match=refused):
+        feature_store(second, settings)
     shutil.rmtree(first.home)  # a home of this machine that is gone: its claim is stale
-    F.feature_store(second, settings)
-    assert not F.release_redis(first, settings)
+    feature_store(second, settings)
+    assert not release_redis(first, settings)
 
     from typer.testing import CliRunner
 
@@ -363,7 +372,7 @@ def test_a_redis_database_serves_one_home(tmp_path, redis_store):
     assert runner.invoke(app, [*release, str(second.home)]).exit_code == 0
     again = runner.invoke(app, [*release, str(second.home)])
     assert again.exit_code == 2 and "holds no claim" in again.output
-    F.claim_redis(first, settings)  # the database is free again
+    claim_redis(first, settings)  # the database is free again
 
 
 def test_encode_column_matches_feasts_converter():
@@ -396,18 +405,38 @@ def test_encode_column_matches_feasts_converter():
             assert encode_values(column.to_pylist(), value_type) == (values, texts), value_type
 
 
+def _without_key(row: dict) -> dict:
+    """``online_features``'s row without its join key: a profile's ``features``."""
+    return {name: value for name, value in row.items() if name != "user_id"}
+
+
 def test_online_reader_reads_what_online_features_reads(built, tmp_path):
     paths, _ = built
-    reader = F.OnlineReader(paths)
+    reader = OnlineReader(feature_store(paths))
     users = _entity_ids(paths)["user_id"][:-1]
     for user in users:
-        assert reader.read_user(user) == F.online_features(paths, user)
-    as_of, _ = reader.read_user_with_time(users[0])
-    assert as_of == F.export_time_range(paths)[1].replace(microsecond=0)
-    with pytest.raises(F.UnknownUser, match="user 987654321"):
-        reader.read_user(987654321)
+        profile = reader.read(user)
+        assert profile.user_id == user
+        assert profile.features == _without_key(online_features(paths, user))
+    assert reader.read(users[0]).as_of == export_time_range(paths)[1].replace(microsecond=0)
+    assert reader.read(987654321) is None
+    reader.ping()
     fresh = resolve_home(tmp_path / "fresh")
     shutil.copytree(paths.features, fresh.features)
-    F.apply(fresh)
-    with pytest.raises(F.NotMaterialized, match="recsys features materialize"):
-        F.OnlineReader(fresh).read_user(1)
+    apply(fresh)
+    assert OnlineReader(feature_store(fresh)).read(1) is None
+    with pytest.raises(NotMaterialized, match="recsys features apply"):
+        OnlineReader(feature_store(resolve_home(tmp_path / "no_repo")))
+
+
+def test_feast_compat_refuses_an_untested_feast(monkeypatch):
+    import importlib.util
+
+    import feast
+
+    from recsys.features import feast_compat
+
+    monkeypatch.setattr(feast, "__version__", "0.99.0")
+    spec = importlib.util.spec_from_file_location("feast_compat_probe", feast_compat.__file__)
+    with pytest.raises(ImportError, match=r"needs feast 0\.67\.x .* found feast 0\.99\.0"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))

@@ -14,17 +14,14 @@ import pytest
 from feature_helpers import delete_redis_keys, load_events, online_snapshot, simulated_home
 
 from recsys.config import FeatureConfig
-from recsys.features import store as F
+from recsys.features.errors import MaterializationError, UnknownUser
+from recsys.features.materialize import materialize
+from recsys.features.read import online_features
+from recsys.features.repo import SQLITE, feature_store
 from recsys.home import resolve_home
-from recsys.online.updater import (
-    Event,
-    OnlineUpdater,
-    Outcome,
-    SeedError,
-    UserState,
-    seed_state,
-    user_rows,
-)
+from recsys.online.seed import SeedError, seed_state
+from recsys.online.state import Outcome, UserState
+from recsys.online.updater import Event, OnlineUpdater, user_rows
 from recsys.warehouse.build import build
 from recsys.warehouse.connect import connect
 from recsys.warehouse.simulate import SimulationConfig, simulate
@@ -129,7 +126,7 @@ def test_replay_matches_the_sql_marts(marts_home, tmp_path, order):
 
 
 def _us(moment: datetime) -> int:
-    from recsys.online.updater import to_us
+    from recsys.online.state import to_us
 
     return to_us(moment)
 
@@ -193,17 +190,17 @@ def test_cold_start_and_push_through_feast(tmp_path, via_push_api):
     push sources (FeastPushWriter, or FeatureStore.push with PushMode.ONLINE)."""
     paths = resolve_home(tmp_path)
     events = simulated_home(paths, users=10, items=50, days=2)
-    F.materialize(paths)
-    store = F.feature_store(paths)
+    materialize(paths)
+    store = feature_store(paths)
     updater = OnlineUpdater.for_store(paths, store, via_push_api=via_push_api)
     item = int(events.item_id.iloc[0])
     new_user = int(events.user_id.max()) + 1000
-    with pytest.raises(F.UnknownUser):
-        F.online_features(paths, new_user, store=store)
+    with pytest.raises(UnknownUser):
+        online_features(paths, new_user, store=store)
     when = events.event_time.max().to_pydatetime() + timedelta(minutes=5)
     result = updater.apply(Event(new_user, item, "cart", when))  # category from item_stats
     assert result.outcome is Outcome.APPLIED
-    got = F.online_features(paths, new_user, store=store)
+    got = online_features(paths, new_user, store=store)
     assert got["user_interest_short__top_categories_short"] == [int(events.category_id.iloc[0])]
     assert got["user_behavior_funnel__n_cart"] == 1
     assert got["user_recent_sequence__seq_item_ids"] == [item]
@@ -222,10 +219,10 @@ def test_push_writer_writes_what_feast_push_writes(tmp_path, kind, request):
     from recsys.features.online_store import entity_keys
 
     paths = resolve_home(tmp_path)
-    settings = F.SQLITE if kind == "sqlite" else request.getfixturevalue("redis_store")(paths, 4)
+    settings = SQLITE if kind == "sqlite" else request.getfixturevalue("redis_store")(paths, 4)
     events = simulated_home(paths, users=10, items=50, days=2)
-    F.materialize(paths, online=settings)
-    store = F.feature_store(paths, settings)
+    materialize(paths, online=settings)
+    store = feature_store(paths, settings)
     updater = OnlineUpdater.for_store(paths, store)
     user = int(events.user_id.max()) + 2000
     when = events.event_time.max().to_pydatetime() + timedelta(minutes=5)
@@ -262,7 +259,7 @@ def history_home(tmp_path_factory: pytest.TempPathFactory):
     events = simulate(config).events.to_pandas()
     load_events(paths, events)
     build(paths)
-    F.materialize(paths)
+    materialize(paths)
     return paths, events
 
 
@@ -304,11 +301,11 @@ def test_a_known_users_event_continues_their_history(history_home, tmp_path, whe
     else:  # older than the user's latest event, newer than the 50th latest
         moment = mine.event_time.iloc[-3].to_pydatetime() - timedelta(seconds=1)
     event = Event(user, int(viewed.item_id), "cart", moment, int(viewed.category_id))
-    store = F.feature_store(paths)
+    store = feature_store(paths)
     updater = OnlineUpdater.for_store(paths, store)
     result = updater.apply(event)
     assert result.outcome is Outcome.APPLIED
-    online = F.online_features(paths, user, store=store)
+    online = online_features(paths, user, store=store)
     as_of = max(moment, mine.event_time.max().to_pydatetime()) + timedelta(microseconds=1)
     _append_event(paths, event)
     build(paths, as_of=as_of, snapshots=[])
@@ -364,7 +361,7 @@ def test_seeding_is_idempotent_and_replaces_the_state(history_home, tmp_path):
     state_path = paths.feast / "online_state.db"
     first = _state_tables(state_path)
     assert len(first["user_events"]) > 0 and len(first["seed"]) == 1
-    updater = OnlineUpdater.for_store(paths, F.feature_store(paths))
+    updater = OnlineUpdater.for_store(paths, feature_store(paths))
     user, _ = _busiest_user(events)
     after = events.event_time.max().to_pydatetime() + timedelta(hours=1)
     assert updater.apply(Event(user, 1, "buy", after, 3)).outcome is Outcome.APPLIED
@@ -427,5 +424,5 @@ def test_seeding_refuses_a_build_of_another_config_or_time(history_home, tmp_pat
     with pytest.raises(SeedError, match="the exports as of"):
         seed_state(paths, expect_as_of=datetime(2020, 1, 1))
     build(paths, as_of=events.event_time.max().to_pydatetime(), export=False)
-    with pytest.raises(F.MaterializationError, match="run `recsys build` again"):
-        F.materialize(paths)
+    with pytest.raises(MaterializationError, match="run `recsys build` again"):
+        materialize(paths)

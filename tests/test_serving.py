@@ -24,13 +24,14 @@ import pytest
 from fastapi.testclient import TestClient
 from feature_helpers import load_events
 
-from recsys.features import store as F
+from recsys.features.materialize import materialize
+from recsys.features.read import OnlineReader, online_features
+from recsys.features.repo import feature_store
 from recsys.home import resolve_home
 from recsys.serving.app import RecommendationsOut, create_app
 from recsys.serving.candidates import AnnSource
 from recsys.serving.catalogue import load_catalogue
 from recsys.serving.inbox import EventInbox
-from recsys.serving.profile import OnlineProfileReader
 from recsys.serving.settings import ServiceSettings, ServingError
 from recsys.warehouse.build import build
 from recsys.warehouse.simulate import SimulationConfig, simulate
@@ -47,7 +48,7 @@ def template(tmp_path_factory: pytest.TempPathFactory):
     events = sim.events.to_pandas()
     load_events(paths, events)
     build(paths)
-    F.materialize(paths)
+    materialize(paths)
     return paths, events
 
 
@@ -96,10 +97,10 @@ def _categories_by_size(events: pd.DataFrame) -> list[int]:
 
 def test_profile_reader_matches_get_online_features(home):
     paths, events = home
-    store = F.feature_store(paths)
-    reader = OnlineProfileReader(store)
+    store = feature_store(paths)
+    reader = OnlineReader(store)
     for user in events.user_id.unique()[:5].tolist():
-        want = F.online_features(paths, user, store=store)
+        want = online_features(paths, user, store=store)
         want.pop("user_id")
         got = reader.read(user)
         assert got is not None and set(got.features) == set(want)
@@ -298,7 +299,7 @@ def test_outcomes_per_event_duplicates_out_of_order_and_unknown_items(home):
 def test_interests_and_migrations(home):
     paths, events = home
     known = int(events.user_id.iloc[3])
-    want = F.online_features(paths, known, store=F.feature_store(paths))
+    want = online_features(paths, known, store=feature_store(paths))
     user = 900_002
     old, new = _categories_by_size(events)[:2]
     start = events.event_time.max().to_pydatetime()
@@ -419,8 +420,8 @@ def test_a_trained_model_is_loaded_and_retrieves(trained, tmp_path):
     # embedding the fitted ANN generator computed from Feast historical features at as_of.
     saved = paths.models / report.version
     [ann] = [g for g in InterestModel.load(saved).blend_.generators if g.name == "ann"]
-    store = F.feature_store(paths)
-    profile = OnlineProfileReader(store).read(user)
+    store = feature_store(paths)
+    profile = OnlineReader(store).read(user)
     row = int(np.searchsorted(ann.user_ids_, user))
     assert ann.user_ids_[row] == user
     np.testing.assert_allclose(
@@ -573,7 +574,7 @@ def test_training_writes_user_item_and_category_embeddings_to_feast(trained):
         "item_embeddings.parquet",
         "category_embeddings.parquet",
     }
-    store = F.feature_store(paths)
+    store = feature_store(paths)
     for view, key, entity in (
         ("user_embedding", "user_id", int(events.user_id.iloc[0])),
         ("item_embedding", "item_id", int(events.item_id.iloc[0])),

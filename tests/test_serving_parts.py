@@ -6,12 +6,12 @@ from datetime import datetime
 
 import numpy as np
 import pytest
+from recsys.serving.candidates import Candidate, category_weights, session_category_shares
+from recsys.serving.ranking import LinearBlend, merge
 
 from recsys.config import FeatureConfig
-from recsys.serving.candidates import Candidate, category_weights, session_category_shares
+from recsys.features.read import UserProfile
 from recsys.serving.catalogue import Catalogue
-from recsys.serving.profile import UserProfile
-from recsys.serving.ranking import LinearBlend, merge
 
 
 def _profile(sequence, interests=()) -> UserProfile:

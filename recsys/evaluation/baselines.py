@@ -17,16 +17,16 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys.config import FeatureConfig
-from recsys.evaluation._scoring import (
+from recsys.evaluation.errors import EvaluationError
+from recsys.evaluation.metrics import PAD
+from recsys.evaluation.split import TimeSplit, behavior_weight
+from recsys.ranking.frames import (
     IdIndex,
     decayed_weight,
     events_before,
     top_k_matrix,
 )
-from recsys.evaluation.errors import EvaluationError
-from recsys.evaluation.metrics import PAD
-from recsys.evaluation.ranker import LogisticRanker
-from recsys.evaluation.split import TimeSplit, behavior_weight
+from recsys.ranking.ranker import LogisticRanker
 
 
 class Recommender(Protocol):

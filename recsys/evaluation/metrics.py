@@ -12,9 +12,16 @@ import numpy as np
 import polars as pl
 
 from recsys.evaluation.errors import EvaluationError
-from recsys.evaluation.split import GroundTruth
+from recsys.ranking.frames import PAD
+from recsys.ranking.metrics import (
+    GroundTruth,
+    check_recs,
+    hit_rate_at_k,
+    hits,
+    ndcg_at_k,
+    recall_at_k,
+)
 
-PAD = -1
 METRICS = ("recall", "ndcg", "hit_rate", "coverage")
 RESULT_SCHEMA = {
     "model": pl.String,
@@ -24,50 +31,6 @@ RESULT_SCHEMA = {
     "value": pl.Float64,
     "n_users": pl.Int64,
 }
-
-
-def check_recs(recs: np.ndarray, n_users: int) -> np.ndarray:
-    """Validate a recommendation matrix: int [n_users, K], no repeated item within a row."""
-    recs = np.asarray(recs)
-    if recs.ndim != 2 or recs.shape[0] != n_users:
-        raise EvaluationError(f"recs must have shape [{n_users}, K], got {recs.shape}")
-    if not np.issubdtype(recs.dtype, np.integer):
-        raise EvaluationError(f"recs must hold integer item ids, got {recs.dtype}")
-    ordered = np.sort(recs, axis=1)
-    if np.any((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] != PAD)):
-        raise EvaluationError("a recommendation row repeats an item")
-    return recs
-
-
-def hits(recs: np.ndarray, truth: GroundTruth) -> np.ndarray:
-    """bool [n_users, K]: whether ``recs[r, j]`` is in the truth set of ``truth.user_ids[r]``."""
-    recs = check_recs(recs, truth.n_users)
-    rows = np.repeat(np.arange(truth.n_users, dtype=np.int64), truth.sizes)
-    # Dense codes keep the (row, item) keys inside int64 whatever the raw item ids are.
-    vocab, codes = np.unique(np.concatenate([truth.item_ids, recs.ravel()]), return_inverse=True)
-    n = len(vocab)
-    truth_keys = rows * n + codes[: len(truth.item_ids)]
-    rec_rows = np.arange(truth.n_users, dtype=np.int64)[:, None]
-    rec_keys = rec_rows * n + codes[len(truth.item_ids) :].reshape(recs.shape)
-    return np.isin(rec_keys, truth_keys) & (recs != PAD)
-
-
-def recall_at_k(hit: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
-    """float [n_users]: hits in the top k / number of relevant items."""
-    return hit[:, :k].sum(axis=1) / sizes
-
-
-def hit_rate_at_k(hit: np.ndarray, k: int) -> np.ndarray:
-    """float [n_users]: 1 when the top k holds at least one relevant item."""
-    return hit[:, :k].any(axis=1).astype(np.float64)
-
-
-def ndcg_at_k(hit: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
-    """float [n_users]: DCG of the top k over the ideal DCG of min(|truth|, k) hits."""
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    dcg = (hit[:, :k] * discounts[: hit[:, :k].shape[1]]).sum(axis=1)
-    ideal = np.concatenate([[0.0], np.cumsum(discounts)])[np.minimum(sizes, k)]
-    return dcg / ideal
 
 
 def coverage_at_k(recs: np.ndarray, k: int, catalogue_size: int) -> float:

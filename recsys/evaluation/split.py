@@ -16,7 +16,8 @@ import polars as pl
 
 from recsys.config import FeatureConfig
 from recsys.evaluation.errors import EvaluationError
-from recsys.warehouse.schema import BEHAVIORS, REQUIRED_COLUMNS
+from recsys.ranking.frames import behavior_weight, check_events
+from recsys.ranking.metrics import GroundTruth
 
 GROUP_ALL = "all"
 GROUP_SHIFT = "shift"
@@ -74,81 +75,6 @@ def last_day_split(events: pl.DataFrame, *, tz: str = "UTC") -> TimeSplit:
 
 def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None)
-
-
-def behavior_weight(config: FeatureConfig) -> pl.Expr:
-    """Expression: the configured weight of each event's behaviour (Float64)."""
-    return pl.col("behavior").replace_strict(config.behavior_weights, return_dtype=pl.Float64)
-
-
-def check_events(events: pl.DataFrame) -> None:
-    """Raise EvaluationError unless ``events`` has the canonical columns and behaviours."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in events.columns]
-    if missing:
-        raise EvaluationError(f"events lack columns {missing}")
-    unknown = set(events["behavior"].unique().to_list()) - set(BEHAVIORS)
-    if unknown:
-        raise EvaluationError(f"events have unknown behaviours {sorted(unknown)}")
-
-
-@dataclass(frozen=True)
-class GroundTruth:
-    """Per-user sets of relevant items in CSR layout.
-
-    ``user_ids`` int64 [n_users] sorted and unique; ``indptr`` int64 [n_users + 1];
-    ``item_ids`` int64 [nnz], the items of user r at ``item_ids[indptr[r]:indptr[r + 1]]``,
-    sorted and unique. Every user has at least one item.
-    """
-
-    user_ids: np.ndarray
-    indptr: np.ndarray
-    item_ids: np.ndarray
-
-    def __post_init__(self) -> None:
-        if len(self.indptr) != len(self.user_ids) + 1 or self.indptr[-1] != len(self.item_ids):
-            raise EvaluationError("GroundTruth indptr does not match user_ids and item_ids")
-        if np.any(np.diff(self.indptr) <= 0):
-            raise EvaluationError("GroundTruth has a user without relevant items")
-        if np.any(np.diff(self.user_ids) <= 0):
-            raise EvaluationError("GroundTruth user_ids must be sorted and unique")
-
-    @classmethod
-    def from_frame(cls, pairs: pl.DataFrame) -> GroundTruth:
-        """From a frame with ``user_id`` and ``item_id`` columns (duplicates collapse)."""
-        pairs = pairs.select("user_id", "item_id").unique().sort("user_id", "item_id")
-        users = pairs["user_id"].to_numpy().astype(np.int64)
-        user_ids, starts = np.unique(users, return_index=True)
-        indptr = np.append(starts, len(users)).astype(np.int64)
-        return cls(user_ids, indptr, pairs["item_id"].to_numpy().astype(np.int64))
-
-    def to_frame(self) -> pl.DataFrame:
-        """Long form: one row per (user_id, item_id)."""
-        return pl.DataFrame(
-            {"user_id": np.repeat(self.user_ids, self.sizes), "item_id": self.item_ids}
-        )
-
-    @property
-    def n_users(self) -> int:
-        return len(self.user_ids)
-
-    @property
-    def sizes(self) -> np.ndarray:
-        """Number of relevant items per user, int64 [n_users]."""
-        return np.diff(self.indptr)
-
-    def filter_pairs(self, keep: pl.DataFrame) -> GroundTruth:
-        """Only the (user_id, item_id) pairs present in ``keep``; users left empty drop out."""
-        kept = self.to_frame().join(keep.select("user_id", "item_id"), on=["user_id", "item_id"])
-        return GroundTruth.from_frame(kept)
-
-    def select_users(self, user_ids: np.ndarray) -> GroundTruth:
-        """Only the given users (each must be present)."""
-        rows = np.searchsorted(self.user_ids, user_ids)
-        if np.any(rows >= self.n_users) or np.any(self.user_ids[rows] != user_ids):
-            raise EvaluationError("select_users got users that are not in the ground truth")
-        return GroundTruth.from_frame(
-            self.to_frame().filter(pl.col("user_id").is_in(np.asarray(user_ids).tolist()))
-        )
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""Rows of Feast's online store written and read directly, in Feast's own layout.
+"""Rows of Feast's online store encoded and written directly, in Feast's own layout.
 
 Feast's write path costs one SQLite ``execute`` per entity x feature (and one commit per view),
-plus a per-value arrow -> proto conversion; its read path re-resolves the registry per call.
-This module produces byte-identical rows much faster:
+plus a per-value arrow -> proto conversion. This module produces byte-identical rows much
+faster (``recsys.features.read`` reads them back the same way):
 
 - ``encode_table`` turns an arrow table of latest rows into serialised ``ValueProto``\\s, one
   column at a time (the common types vectorised; any other type through Feast's own converter);
@@ -10,9 +10,7 @@ This module produces byte-identical rows much faster:
 - ``online_writer`` writes many views' rows in one go: SQLite in one transaction with
   ``executemany`` into the tables of ``SqliteOnlineStore`` (same name, columns, ``event_ts``
   adaptation), Redis in one pipeline of ``HSET``\\s with ``RedisOnlineStore``'s key and hash
-  layout. It returns None for store settings whose rows it cannot reproduce exactly;
-- ``online_row_reader`` reads one entity's serialised values of several views in one query
-  (SQLite) or one ``HMGET`` (Redis).
+  layout. It returns None for store settings whose rows it cannot reproduce exactly.
 
 Entity keys are Feast's ``serialize_entity_key`` (entity_key_serialization_version 3).
 """
@@ -34,9 +32,7 @@ import numpy as np
 import pyarrow as pa
 from feast.feature_view import FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores import sqlite as feast_sqlite
 from feast.infra.online_stores.helpers import (
-    _mmh3,
     compute_table_id,
     compute_versioned_name,
     extract_text_and_num,
@@ -54,6 +50,8 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from recsys.features import feast_compat
 
 KEY_VERSION = 3
 # ValueProto.double_val is field 5, wire type 1 (64-bit): tag byte (5 << 3) | 1.
@@ -73,9 +71,8 @@ LIST_FIELDS = {
     ValueType.STRING_LIST: ("string_list_val", StringList),
     ValueType.BOOL_LIST: ("bool_list_val", BoolList),
 }
-# Feast's sqlite module (imported above) registers how sqlite3 stores a datetime parameter
-# (``event_ts``); applying that same adapter once per distinct time keeps the stored value.
-_SQLITE_TS = sqlite3.adapters.get((datetime, sqlite3.PrepareProtocol), lambda moment: moment)
+# Applying Feast's own adapter once per distinct time keeps the stored ``event_ts`` value.
+_SQLITE_TS = feast_compat.sqlite_timestamp_adapter()
 
 
 @dataclass(frozen=True)
@@ -343,7 +340,7 @@ class RedisWriter(OnlineWriter):
         hashes: dict[bytes, dict[Any, bytes]] = {}
         for batch in batches:
             name = compute_versioned_name(batch.view, self.versioning)
-            fields = [_mmh3(f"{name}:{feature}") for feature in batch.values]
+            fields = [feast_compat.redis_field(f"{name}:{feature}") for feature in batch.values]
             stamps: dict[datetime, bytes] = {}
             for i, key in enumerate(batch.keys):
                 stamp = batch.stamps[i]
@@ -380,93 +377,11 @@ def online_writer(store: Any) -> OnlineWriter | None:
     if online.type == "sqlite":
         if online.vector_enabled or getattr(online, "enable_openai_compatible_store", False):
             return None
-        path = feast_sqlite.SqliteOnlineStore._get_db_path(config)
-        return SqliteWriter(Path(path), config.project, versioning)
+        path = Path(feast_compat.sqlite_path(config))
+        return SqliteWriter(path, config.project, versioning)
     if online.type == "redis":
         if not online.skip_dedup or online.redis_type != "redis" or online.client != "redis":
             return None
-        client = store._get_provider().online_store._get_client(online)
+        client = feast_compat.redis_client(store)
         return RedisWriter(client, config.project, versioning, online.key_ttl_seconds)
-    return None
-
-
-class OnlineRowReader:
-    """One entity's stored values of several views: ``read(key)`` -> per view
-    (event time or None, {feature: serialised ValueProto}); an absent view gives (None, {})."""
-
-    def read(self, key: bytes) -> list[tuple[datetime | None, dict[str, bytes]]]:
-        raise NotImplementedError
-
-
-class SqliteRowReader(OnlineRowReader):
-    """All the views in one ``union all`` query over Feast's tables (one connection, locked:
-    the service may call from several threads)."""
-
-    def __init__(self, path: Path, project: str, views: Sequence[FeatureView], versioning: bool):
-        self.con = sqlite3.connect(str(path), check_same_thread=False)
-        self.n_views = len(views)
-        self.sql = " union all ".join(
-            f"select {i}, feature_name, value, event_ts from "
-            f'"{compute_table_id(project, view, versioning)}" where entity_key = ?'
-            for i, view in enumerate(views)
-        )
-        self._lock = threading.Lock()
-
-    def read(self, key: bytes) -> list[tuple[datetime | None, dict[str, bytes]]]:
-        with self._lock:
-            rows = self.con.execute(self.sql, (key,) * self.n_views).fetchall()
-        out: list[tuple[datetime | None, dict[str, bytes]]] = [(None, {})] * self.n_views
-        for i, feature, value, stamp in rows:
-            if out[i][0] is None:
-                # As Feast's reader: the "timestamp" converter (local time), marked UTC.
-                out[i] = (datetime.fromtimestamp(int(stamp)).replace(tzinfo=UTC), {})
-            out[i][1][feature] = value
-        return out
-
-
-class RedisRowReader(OnlineRowReader):
-    """All the views in one ``HMGET`` (they share the entity's hash)."""
-
-    def __init__(self, client: Any, project: str, views: Sequence[FeatureView], versioning: bool):
-        self.client = client
-        self.project = project.encode()
-        self.layout: list[tuple[str, list[str], list[Any]]] = []
-        self.fields: list[Any] = []
-        for view in views:
-            name = compute_versioned_name(view, versioning)
-            features = [f.name for f in view.features]
-            hashed = [_mmh3(f"{name}:{feature}") for feature in features]
-            self.layout.append((f"_ts:{name}", features, hashed))
-            self.fields += [f"_ts:{name}", *hashed]
-
-    def read(self, key: bytes) -> list[tuple[datetime | None, dict[str, bytes]]]:
-        got = iter(self.client.hmget(key + self.project, self.fields))
-        out: list[tuple[datetime | None, dict[str, bytes]]] = []
-        for _, features, _ in self.layout:
-            stamp = next(got)
-            values = [next(got) for _ in features]
-            if not stamp and not any(values):
-                out.append((None, {}))
-                continue
-            proto = Timestamp()
-            proto.ParseFromString(stamp or b"")
-            moment = datetime.fromtimestamp(proto.seconds + proto.nanos / 1e9, tz=UTC)
-            out.append((moment, {f: v or b"" for f, v in zip(features, values, strict=True)}))
-        return out
-
-
-def online_row_reader(store: Any, views: Sequence[FeatureView]) -> OnlineRowReader | None:
-    """A direct reader of ``views`` for the store's online store, or None when only Feast's
-    ``online_read`` reads it."""
-    config = store.config
-    online = config.online_store
-    versioning = config.registry.enable_online_feature_view_versioning
-    if config.entity_key_serialization_version != KEY_VERSION:
-        return None
-    if online.type == "sqlite" and not online.vector_enabled:
-        path = Path(feast_sqlite.SqliteOnlineStore._get_db_path(config))
-        return SqliteRowReader(path, config.project, views, versioning)
-    if online.type == "redis" and online.redis_type == "redis" and online.client == "redis":
-        client = store._get_provider().online_store._get_client(online)
-        return RedisRowReader(client, config.project, views, versioning)
     return None

@@ -28,7 +28,7 @@ import polars as pl
 from recsys.config import FeatureConfig
 from recsys.home import Paths
 from recsys.warehouse.build import build
-from recsys.warehouse.connect import connect
+from recsys.warehouse.connect import EVENT_KEY, connect
 
 QUERY_SERVICE = "two_tower_v1_query"
 CANDIDATE_SERVICE = "two_tower_v1_candidate"
@@ -54,11 +54,11 @@ def load_events(paths: Paths, events: pl.DataFrame) -> int:
     try:
         con.register("learned_events", frame.to_arrow())
         con.execute(
-            """
+            f"""
             insert into events
             select user_id, item_id, category_id, behavior, event_time, session_id,
                    'recsys.learned' as source_file, null, now()::timestamp,
-                   hash(user_id, item_id, behavior, event_time) as event_key
+                   {EVENT_KEY} as event_key
             from learned_events
             """
         )
@@ -141,7 +141,7 @@ class PrivateHome:
         Returns the edges and the interest migrations (user_id, from_category_id,
         to_category_id, detected_at) as of ``as_of``.
         """
-        from recsys.features.store import apply, feature_store
+        from recsys.features.repo import apply, feature_store
 
         build(self.paths, as_of=self.as_of, config=self.config, snapshots=self.snapshots[:-1])
         user_item, item_item, migrations = self._read(
@@ -157,6 +157,13 @@ class PrivateHome:
             return [con.sql(f"select * from {table}").pl() for table in tables]
         finally:
             con.close()
+
+    @property
+    def store(self):  # -> feast.FeatureStore
+        """The home's feature store (after ``build_features``)."""
+        if self._store is None:
+            raise LearnedModelError("build_features() must run before reading features")
+        return self._store
 
     def snapshot_at_or_before(self, times: pl.Series) -> pl.Series:
         """The latest snapshot time <= each time, null before the first snapshot (label times
@@ -176,7 +183,7 @@ class PrivateHome:
         return self._historical(entities, CANDIDATE_SERVICE)
 
     def _historical(self, entities: pl.DataFrame, service: str) -> pl.DataFrame:
-        from recsys.features.store import historical_features
+        from recsys.features.read import historical_features
 
         if self._store is None:
             raise LearnedModelError("build_features() must run before reading features")

@@ -15,7 +15,6 @@ import numpy as np
 import polars as pl
 import tensorflow as tf
 
-from recsys.evaluation._scoring import IdIndex
 from recsys.models.data import Edges, LearnedModelError
 from recsys.models.gnn import (
     GnnConfig,
@@ -25,6 +24,7 @@ from recsys.models.gnn import (
     full_graph_embeddings,
     train_gnn,
 )
+from recsys.ranking.frames import IdIndex
 from recsys.warehouse.schema import BEHAVIORS
 
 

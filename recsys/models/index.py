@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -141,3 +142,21 @@ class EmbeddingIndex:
             layer.index(tf.constant(self.embeddings), tf.constant(self.ids))
             self._scann = layer
         return self._scann
+
+
+def search_frame(
+    user_ids: np.ndarray, queries: np.ndarray, index: EmbeddingIndex, n: int
+) -> pl.DataFrame:
+    """(user_id, item_id, ann_score): the ``n`` best items of each query [Q, d] of ``index``."""
+    if not len(user_ids):
+        return pl.DataFrame(
+            schema={"user_id": pl.Int64, "item_id": pl.Int64, "ann_score": pl.Float64}
+        )
+    ids, scores = index.top_k(queries, n)
+    return pl.DataFrame(
+        {
+            "user_id": np.repeat(np.asarray(user_ids, np.int64), ids.shape[1]),
+            "item_id": ids.ravel().astype(np.int64),
+            "ann_score": scores.ravel().astype(np.float64),
+        }
+    )

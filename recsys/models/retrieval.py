@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from recsys.models.data import LearnedModelError, PrivateHome, labelled_interactions
 from recsys.models.graph import GraphEmbeddings, GraphEncoder, NodeIndex, link_targets
+from recsys.models.index import EmbeddingIndex, search_frame
 from recsys.models.towers import ITEM_DENSE, QUERY_DENSE, FeatureEncoder
 from recsys.models.two_tower import (
     QueryFeatureSpec,
@@ -60,21 +61,17 @@ class Retriever:
     def query_tower(self) -> tf.keras.Model:
         return self.model.query_model
 
-    def embed_users(self, user_ids: np.ndarray, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
-        """(user ids with features [n] ascending, float32 [n, dim]) from Feast query features
-        and GNN user embeddings as of ``as_of``."""
-        entities = pl.DataFrame({"user_id": np.asarray(user_ids, np.int64)}).with_columns(
-            event_timestamp=pl.lit(as_of).cast(pl.Datetime("us"))
-        )
-        features = (
-            self._home()
-            .query_features(entities)
-            .filter(pl.col("user_recent_sequence__seq_len").is_not_null())
-            .sort("user_id")
-        )
-        ids = features["user_id"].to_numpy().astype(np.int64)
-        inputs = self.encoder.encode_queries(features, self._graph(as_of).lookup_users(ids))
-        return ids, self._embed(self.model.query_model, inputs)
+    def embed_profiles(self, profiles: pl.DataFrame, as_of: datetime) -> np.ndarray:
+        """float32 [n, dim]: the query tower on ``recsys.ranking.profiles`` rows, with the GNN
+        user embeddings as of ``as_of``."""
+        ids = profiles["user_id"].to_numpy().astype(np.int64)
+        inputs = self.encoder.encode_queries(profiles, self._graph(as_of).lookup_users(ids))
+        return self._embed(self.model.query_model, inputs)
+
+    def search_at(self, as_of: datetime, item_ids: np.ndarray) -> TowerSearch:
+        """An ``AnnSearch`` as of ``as_of`` over the given items (embedded as of then)."""
+        ids, embeddings = self.embed_items(item_ids, as_of)
+        return TowerSearch(self, as_of, EmbeddingIndex(ids, embeddings))
 
     def embed_items(self, item_ids: np.ndarray, as_of: datetime) -> tuple[np.ndarray, np.ndarray]:
         """(item ids [n] ascending, float32 [n, dim]) from item features and GNN embeddings."""
@@ -106,6 +103,23 @@ class Retriever:
         """This retriever without its (temporary) home: the towers stay usable for export."""
         self.home = None
         return self
+
+
+@dataclass(frozen=True)
+class TowerSearch:
+    """``recsys.ranking.sources.AnnSearch`` on the in-memory towers as of one time."""
+
+    retriever: Retriever
+    as_of: datetime
+    index: EmbeddingIndex
+
+    def search(self, profiles: pl.DataFrame, n: int) -> pl.DataFrame:
+        return search_frame(
+            profiles["user_id"].to_numpy(),
+            self.retriever.embed_profiles(profiles, self.as_of),
+            self.index,
+            n,
+        )
 
 
 def fit_retriever(home: PrivateHome, config) -> Retriever:

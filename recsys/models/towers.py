@@ -13,19 +13,32 @@ categories and their shares), ``seq_items`` int64 [n, L], ``seq_behaviors`` int6
 Candidate inputs: ``item_id`` / ``category_id`` int64 [n], ``item_dense`` float32
 [n, len(ITEM_DENSE)], ``gnn_item`` float32 [n, G]. Item and category ids become vocabulary
 positions 0..n-1; padding and ids unknown to the vocabulary are -1.
+
+``FeatureEncoder.save`` / ``load`` store an encoder without pickle: sizes in ``encoder.json``,
+vocabularies in ``encoder.npz`` (``recsys.models.artifacts.ENCODER_JSON`` / ``ENCODER_ARRAYS``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from recsys.evaluation._scoring import IdIndex
+from recsys.models.artifacts import (
+    ENCODER_ARRAYS,
+    ENCODER_JSON,
+    ArtifactError,
+    load_arrays,
+    read_json,
+    save_arrays,
+    write_json,
+)
 from recsys.models.data import LearnedModelError
+from recsys.ranking.frames import IdIndex
 from recsys.warehouse.schema import BEHAVIORS
 
 QUERY_DENSE = (
@@ -118,6 +131,37 @@ class FeatureEncoder:
     categories: IdIndex
     interest_slots: int
     sequence_length: int
+
+    def save(self, directory: Path) -> None:
+        """Write ``ENCODER_JSON`` (sizes) and ``ENCODER_ARRAYS`` (vocabularies) to ``directory``."""
+        write_json(
+            Path(directory) / ENCODER_JSON,
+            {"interest_slots": self.interest_slots, "sequence_length": self.sequence_length},
+        )
+        save_arrays(
+            Path(directory) / ENCODER_ARRAYS, items=self.items.ids, categories=self.categories.ids
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> FeatureEncoder:
+        """The encoder ``save`` wrote to ``directory``; ArtifactError if its files are malformed."""
+        sizes = read_json(Path(directory) / ENCODER_JSON)
+        arrays = load_arrays(Path(directory) / ENCODER_ARRAYS)
+        if not isinstance(sizes, dict) or not all(
+            type(sizes.get(key)) is int for key in ("interest_slots", "sequence_length")
+        ):
+            raise ArtifactError(f"{directory}: {ENCODER_JSON} lacks integer sizes")
+        if not all(
+            key in arrays and arrays[key].ndim == 1 and arrays[key].dtype == np.int64
+            for key in ("items", "categories")
+        ):
+            raise ArtifactError(f"{directory}: {ENCODER_ARRAYS} lacks int64 items/categories")
+        return cls(
+            IdIndex(arrays["items"]),
+            IdIndex(arrays["categories"]),
+            interest_slots=sizes["interest_slots"],
+            sequence_length=sizes["sequence_length"],
+        )
 
     def encode_queries(self, features: pl.DataFrame, gnn_user: np.ndarray) -> dict[str, np.ndarray]:
         """Query inputs from ``two_tower_v1_query``-named rows and their GNN user embeddings."""

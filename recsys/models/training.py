@@ -16,7 +16,9 @@ from rich.console import Console
 
 from recsys.home import Paths
 from recsys.models.data import LearnedModelError, write_embeddings
-from recsys.models.interest import MODEL_NAME, InterestConfig, InterestModel
+from recsys.models.interest import MODEL_NAME, InterestConfig, InterestModel, load_latest
+from recsys.ranking.score import score_users
+from recsys.warehouse.writeback import RunReport
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def train_home(
 ) -> TrainReport:
     """Fit on every event of the home (as of just after the last one) and publish (module doc)."""
     from recsys.evaluation.run import load_events
-    from recsys.features.store import materialize
+    from recsys.features.materialize import materialize
 
     events = load_events(paths)
     if events.is_empty():
@@ -81,4 +83,25 @@ def train_home(
         embedding_files=written,
         materialized=applied,
         seconds=model.fit_seconds_,
+    )
+
+
+def score_home(
+    paths: Paths,
+    *,
+    k: int = 50,
+    exclude_purchased: bool = True,
+    retention: int = 5,
+    console: Console | None = None,
+) -> RunReport:
+    """``recsys score``: every user of the home ranked by the newest verified model."""
+    model, directory = load_latest(paths.models)
+    return score_users(
+        paths,
+        model,
+        model_version=directory.name,
+        k=k,
+        exclude_purchased=exclude_purchased,
+        retention=retention,
+        console=console,
     )

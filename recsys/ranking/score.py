@@ -1,8 +1,10 @@
-"""``recsys score``: top-k for every known user from the newest trained model, written back.
+"""``recsys score``: top-k for every known user, ranked by a trained model, written back.
 
-The run lands in ``recommendations`` / ``recommendation_runs`` atomically (see
-``recsys.warehouse.writeback``) with the model's version, its feature as-of time and the metrics of the
-newest evaluation of the learned model, so analysts can compare runs in SQL.
+Profiles are read from the home's Feast exports as of their newest snapshot: the rows
+``recsys features materialize`` puts online, so the service returns the same lists until new
+events arrive. The run lands in ``recommendations`` / ``recommendation_runs`` atomically (see
+``recsys.warehouse.writeback``) with the model's version, the policy that ranked, the
+validation figures it was chosen on and the newest evaluation's metrics.
 """
 
 from __future__ import annotations
@@ -10,38 +12,36 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
 from rich.console import Console
 from rich.progress import Progress
 
-from recsys.evaluation.run import LEARNED_MODEL
 from recsys.home import Paths
+from recsys.ranking.policy import Ranking
+from recsys.ranking.profiles import profiles_at
+from recsys.ranking.reasons import COLD_START_REASON
 from recsys.warehouse.writeback import RunReport, open_for_read, write_run
 
-MANIFEST = "manifest.json"
+EVALUATED_MODEL = "interest_model"
 
 
 class ScoreError(Exception):
     """Scoring cannot start: no trained model or no users; the message says what to run."""
 
 
-def latest_model_dir(paths: Paths) -> Path:
-    """The newest saved model under ``paths.models`` (by its manifest's as-of, then name)."""
-    saved = [p.parent for p in paths.models.glob(f"*/{MANIFEST}")]
-    if not saved:
-        raise ScoreError(f"no trained model in {paths.models}: run `recsys train` first")
+class Scorer(Protocol):
+    """What scoring needs of a model: ``InterestModel`` in production, a stub in tests."""
 
-    def key(directory: Path) -> tuple[str, str]:
-        return json.loads((directory / MANIFEST).read_text()).get("as_of", ""), directory.name
+    ranking_: Ranking
+    as_of_: datetime
 
-    return max(saved, key=key)
+    def summary(self) -> dict[str, Any]: ...
 
 
-def evaluation_metrics(paths: Paths, model: str = LEARNED_MODEL) -> dict[str, float]:
+def evaluation_metrics(paths: Paths, model: str = EVALUATED_MODEL) -> dict[str, float]:
     """The newest evaluation's figures for ``model`` as {"<group>_<metric>_at_<k>": value};
     the "all" group drops its prefix (``recall_at_20``). Empty when never evaluated."""
     with open_for_read(paths) as con:
@@ -70,40 +70,27 @@ def known_users(paths: Paths) -> np.ndarray:
     return users["user_id"].astype(np.int64)
 
 
-def purchases(paths: Paths) -> pl.DataFrame:
-    """(user_id, item_id) of every purchase in the warehouse."""
-    with open_for_read(paths) as con:
-        return con.sql("select distinct user_id, item_id from events where behavior = 'buy'").pl()
-
-
-class Scorer(Protocol):
-    """What scoring needs of a model: ``InterestModel`` in production, a stub in tests."""
-
-    as_of_: datetime
-
-    def recommend_frame(self, user_ids: np.ndarray, k: int) -> pl.DataFrame: ...
-
-
-def score_all(
-    paths: Paths,
-    *,
-    k: int = 50,
-    exclude_purchased: bool = True,
-    retention: int = 5,
-    console: Console | None = None,
-) -> RunReport:
-    """Recommend ``k`` items to every user in the warehouse with the newest saved model."""
-    from recsys.models.interest import InterestModel
-
-    directory = latest_model_dir(paths)
-    return score_users(
-        paths,
-        InterestModel.load(directory),
-        model_version=directory.name,
-        k=k,
-        exclude_purchased=exclude_purchased,
-        retention=retention,
-        console=console,
+def cold_start(ranking: Ranking, user_ids: np.ndarray, k: int) -> pl.DataFrame:
+    """The rows of users without a profile: the popular items, "trending now"."""
+    popular = ranking.tables.popular(k)
+    items = ranking.tables.items.select("item_id", "category_id")
+    return (
+        pl.DataFrame({"user_id": np.asarray(user_ids, np.int64)})
+        .join(
+            popular.with_columns(rank=pl.int_range(1, pl.len() + 1, dtype=pl.Int32)),
+            how="cross",
+        )
+        .join(items, on="item_id", how="left")
+        .select(
+            "user_id",
+            "rank",
+            "item_id",
+            pl.col("popular_score").alias("score"),
+            "category_id",
+            source=pl.lit("popular"),
+            sources=pl.lit(["popular"], pl.List(pl.String)),
+            reason=pl.lit(COLD_START_REASON),
+        )
     )
 
 
@@ -118,50 +105,40 @@ def score_users(
     batch_users: int = 2_000,
     console: Console | None = None,
 ) -> RunReport:
-    """Score every known user with ``model`` and write one run.
+    """Rank ``k`` items for every user of the warehouse with ``model`` and write one run.
 
-    With ``exclude_purchased`` (the policy option), items a user already bought never come
-    back: the model is asked for ``k`` plus that user batch's largest purchase count, bought
-    items are dropped, and the rest are re-ranked 1..k.
-    """
+    With ``exclude_purchased`` (the policy option, as in the API), items the user bought within
+    the recent sequence never come back."""
+    from recsys.features.materialize import export_time_range
+
     console = console or Console()
     if not 1 <= k <= 1000:
         raise ScoreError(f"k must be in 1..1000, got {k}")
     users = known_users(paths)
     if not len(users):
         raise ScoreError(f"no users in {paths.warehouse}: run `recsys ingest` first")
-    bought = (
-        purchases(paths)
-        if exclude_purchased
-        else pl.DataFrame(schema={"user_id": pl.Int64, "item_id": pl.Int64})
-    )
-
-    def top_k(chunk: np.ndarray) -> pl.DataFrame:
-        mine = bought.filter(pl.col("user_id").is_in(chunk.tolist()))
-        extra = int(mine.group_by("user_id").len()["len"].max() or 0) if mine.height else 0
-        frame = model.recommend_frame(chunk, k + extra)
-        if not extra:
-            return frame
-        return (
-            frame.join(mine, on=["user_id", "item_id"], how="anti")
-            .sort("user_id", "rank")
-            .with_columns(rank=pl.int_range(1, pl.len() + 1).over("user_id").cast(pl.Int32))
-            .filter(pl.col("rank") <= k)
-        )
+    _, as_of = export_time_range(paths)
+    ranking = model.ranking_
 
     def batches() -> Iterator[pl.DataFrame]:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"scoring {len(users):,} users", total=len(users))
             for start in range(0, len(users), batch_users):
                 chunk = users[start : start + batch_users]
-                yield top_k(chunk)
+                profiles = profiles_at(paths, chunk, as_of)
+                ranked = ranking.rank(profiles, k, exclude_purchased=exclude_purchased)
+                cold = np.setdiff1d(chunk, profiles["user_id"].to_numpy())
+                yield pl.concat([ranked, cold_start(ranking, cold, k)]) if len(cold) else ranked
                 progress.advance(task, len(chunk))
 
+    summary = model.summary()
     return write_run(
         paths,
         batches(),
         model_version=model_version,
-        features_as_of=model.as_of_,
+        features_as_of=as_of,
         metrics=evaluation_metrics(paths),
+        ranker=summary["policy"],
+        validation=summary["validation"],
         retention=retention,
     )

@@ -11,7 +11,7 @@ transactions), on startup and on shutdown:
 
 1. read up to ``batch`` inbox rows (in sequence order, only those the service has applied);
 2. in one DuckDB transaction insert those not already in ``events`` (natural key, via the same
-   ``event_key = hash(user_id, item_id, behavior, event_time)`` as ingest), with
+   ``event_key`` as ingest: ``recsys.warehouse.connect.EVENT_KEY``), with
    ``source_file = 'service:/v1/events'`` and ``source_line = inbox seq``;
 3. delete them from the inbox.
 
@@ -32,8 +32,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from recsys.home import Paths
-from recsys.online.updater import from_us
-from recsys.warehouse.connect import WarehouseBusyError
+from recsys.online.state import from_us
+from recsys.warehouse.connect import EVENT_KEY, WarehouseBusyError
 from recsys.warehouse.writeback import open_for_write
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ insert into events
 select n.user_id, n.item_id, n.category_id, n.behavior, n.event_time, n.session_id,
        '{SOURCE_FILE}', n.seq, now()::timestamp, n.event_key
 from (
-    select *, hash(user_id, item_id, behavior, event_time) as event_key
+    select *, {EVENT_KEY} as event_key
     from incoming
     qualify row_number() over (
         partition by user_id, item_id, behavior, event_time order by seq

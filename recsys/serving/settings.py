@@ -10,7 +10,7 @@ from recsys.config import FeatureConfig
 from recsys.home import Paths
 
 if TYPE_CHECKING:
-    from recsys.features.store import OnlineStoreSettings
+    from recsys.features.repo import OnlineStoreSettings
 
 
 class ServingError(Exception):

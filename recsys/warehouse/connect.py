@@ -5,7 +5,8 @@ Base tables (written by ``recsys ingest``):
 - ``events``: one row per accepted behaviour event, canonical schema plus lineage
   (``source_file``, ``source_line``, ``ingested_at``). Natural key:
   (user_id, item_id, behavior, event_time); re-ingesting a row with that key adds nothing.
-  ``event_key`` is DuckDB's ``hash()`` of that key, kept to find duplicates cheaply.
+  ``event_key`` is DuckDB's ``hash()`` of that key (``EVENT_KEY``), kept to find duplicates
+  cheaply; every writer of ``events`` computes it with ``EVENT_KEY``.
 - ``quarantine_events``: one row per rejected source row (source_file, line, raw text, reason).
 - ``ingested_files``: one row per ingest call, with its counts.
 
@@ -32,6 +33,9 @@ DEFAULT_LOCK_TIMEOUT_S = 30.0
 _LOCK_CONFLICT = "Could not set lock on file"
 _LOCK_HOLDER = re.compile(r"held in (.*?\(PID \d+\))")
 T = TypeVar("T")
+# The events' natural key, and the SQL of its hash over those columns (``events.event_key``).
+NATURAL_KEY = ("user_id", "item_id", "behavior", "event_time")
+EVENT_KEY = f"hash({', '.join(NATURAL_KEY)})"
 
 BASE_TABLES_DDL = """
 create table if not exists events (

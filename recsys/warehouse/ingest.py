@@ -40,6 +40,7 @@ from recsys.home import Paths
 from recsys.warehouse.connect import (
     BASE_TABLES_DDL,
     DEFAULT_LOCK_TIMEOUT_S,
+    EVENT_KEY,
     retry_on_lock,
     table_exists,
 )
@@ -425,7 +426,7 @@ def _validate(con, staging: Staging) -> int:
         ),
         final as (
             select user_id, item_id, category_id, behavior, event_time, session_id,
-                   hash(user_id, item_id, behavior, event_time) as event_key, reason,
+                   {EVENT_KEY} as event_key, reason,
                    case when reason is not null then {staging.raw} end as raw
             from reasoned
         )

@@ -42,3 +42,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
 REQUIRED_COLUMNS: tuple[str, ...] = EVENT_COLUMNS[:-1]
 
 UNKNOWN_CATEGORY = -1
+
+# Where a recommended item came from: the candidate sources of ``recsys.ranking.sources``, in
+# the order they are listed to people. The API and the ``recommendations`` table share it.
+SOURCES: tuple[str, ...] = ("repeat", "transition", "category", "next_category", "ann", "popular")

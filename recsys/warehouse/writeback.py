@@ -3,10 +3,14 @@
 Tables in ``DIR/warehouse.duckdb``:
 
 - ``recommendation_runs``: one row per run: run_id (1, 2, ... in write order), model_version,
-  features_as_of, generated_at, status ('complete'), n_users, n_rows, rows per source
-  (n_repeat, n_ann, n_popular) and metrics (JSON of the run's evaluation metrics).
-- ``recommendations``: one row per (run_id, user_id, rank): item_id, score, category_id, source
-  ('repeat' | 'ann' | 'popular'), reason (short, for people), model_version, generated_at.
+  features_as_of, generated_at, status ('complete'), n_users, n_rows, rows per first source
+  (n_repeat, n_transition, n_category, n_next_category, n_ann, n_popular), ranker (the policy
+  that ranked, chosen on a validation window), validation (JSON: the figures of every policy
+  on that window) and metrics (JSON of the run's evaluation metrics).
+- ``recommendations``: one row per (run_id, user_id, rank): item_id, score (the ranker's),
+  category_id, source (the first of ``sources``), sources (every source that proposed the item,
+  ``recsys.warehouse.schema.SOURCES``), reason (short, for people), model_version,
+  generated_at.
 - ``latest_recommendations``: a view of the rows of the newest complete run.
 
 A run is written in one transaction: its rows, its ``recommendation_runs`` row and the pruning
@@ -43,7 +47,6 @@ the service (analysts lose plain DuckDB and SQLAlchemy).
 from __future__ import annotations
 
 import json
-import numbers
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -59,11 +62,11 @@ import pyarrow as pa
 from recsys.home import Paths
 from recsys.warehouse import connect as warehouse
 from recsys.warehouse.connect import DEFAULT_LOCK_TIMEOUT_S, retry_on_lock
+from recsys.warehouse.schema import SOURCES
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-SOURCES: tuple[str, ...] = ("repeat", "ann", "popular")
 
 INPUT_COLUMNS: dict[str, pl.DataType] = {
     "user_id": pl.Int64(),
@@ -72,11 +75,14 @@ INPUT_COLUMNS: dict[str, pl.DataType] = {
     "score": pl.Float64(),
     "category_id": pl.Int64(),
     "source": pl.String(),
+    "sources": pl.List(pl.String()),
     "reason": pl.String(),
 }
 
 
 _SOURCE_LIST = ", ".join(f"'{source}'" for source in SOURCES)
+# Rows per source (of ``source``, the item's first source) in each run.
+_COUNT_COLUMNS = "\n".join(f"    n_{source} bigint not null," for source in SOURCES)
 
 WRITEBACK_DDL = f"""
 create table if not exists recommendation_runs (
@@ -87,9 +93,9 @@ create table if not exists recommendation_runs (
     status varchar not null,
     n_users bigint not null,
     n_rows bigint not null,
-    n_repeat bigint not null,
-    n_ann bigint not null,
-    n_popular bigint not null,
+{_COUNT_COLUMNS}
+    ranker varchar not null,
+    validation json not null,
     metrics json not null
 );
 create table if not exists recommendations (
@@ -100,6 +106,7 @@ create table if not exists recommendations (
     score double not null,
     category_id bigint not null,
     source varchar not null check (source in ({_SOURCE_LIST})),
+    sources varchar[] not null,
     reason varchar not null,
     model_version varchar not null,
     generated_at timestamp not null
@@ -129,6 +136,8 @@ class RunInfo:
     n_users: int
     n_rows: int
     counts: dict[str, int]
+    ranker: str
+    validation: dict[str, Any]
     metrics: dict[str, Any]
 
 
@@ -187,60 +196,9 @@ def read_engine(paths: Paths, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S)
     return engine
 
 
-def _is_id(category: object) -> bool:
-    return isinstance(category, numbers.Integral) and not isinstance(category, bool)
-
-
-def _category_label(category: int | str) -> str:
-    if _is_id(category):
-        return f"category {category}"
-    if isinstance(category, str) and category.strip():
-        return category.strip()
-    raise WritebackError(f"a category must be an id or a non-empty name, got {category!r}")
-
-
-_PLAIN_REASONS = {
-    "repeat": "you showed interest in this item before",
-    "ann": "similar to items you engaged with",
-    "popular": "popular right now",
-}
-_CATEGORY_REASONS = {
-    "repeat": "you keep coming back to {}",
-    "ann": "similar to what you like in {}",
-    "popular": "popular in {} right now",
-}
-
-
-def reason_for(
-    source: str,
-    *,
-    from_category: int | str | None = None,
-    to_category: int | str | None = None,
-    category: int | str | None = None,
-) -> str:
-    """A short reason to show with a recommendation; categories are ids or names.
-
-    A migration (``from_category`` and ``to_category``) is the reason whatever the source, e.g.
-    "you moved from category 123 to 456 this week";
-    otherwise the reason names the source, and the category when given.
-    """
-    if source not in SOURCES:
-        raise WritebackError(f"source must be one of {_SOURCE_LIST}, got {source!r}")
-    if (from_category is None) != (to_category is None):
-        raise WritebackError("pass both from_category and to_category, or neither")
-    if from_category is not None:
-        if category is not None:
-            raise WritebackError("pass category or from_category/to_category, not both")
-        origin, target = _category_label(from_category), _category_label(to_category)  # type: ignore[arg-type]
-        if _is_id(from_category) and _is_id(to_category):
-            target = str(to_category)  # "from category 1 to 2", not "to category 2"
-        return f"you moved from {origin} to {target} this week"
-    if category is None:
-        return _PLAIN_REASONS[source]
-    return _CATEGORY_REASONS[source].format(_category_label(category))
-
-
 def _accepts(target: pl.DataType, dtype: pl.DataType) -> bool:
+    if isinstance(target, pl.List):
+        return isinstance(dtype, pl.List) and _accepts(target.inner, dtype.inner)
     if target.is_integer():
         return dtype.is_integer()
     if target.is_float():
@@ -299,6 +257,11 @@ _VALUE_CHECKS: tuple[tuple[str, str], ...] = (
     ("rank < 1", "have a rank below 1"),
     ("not isfinite(score)", "have a NaN or infinite score"),
     ("trim(reason) = ''", "have an empty reason"),
+    ("len(sources) = 0 or sources[1] != source", "have sources that do not start with source"),
+    (
+        f"not list_has_all([{_SOURCE_LIST}], sources)",
+        f"have sources outside {_SOURCE_LIST}",
+    ),
 )
 
 
@@ -354,6 +317,39 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
+def _upgrade(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring run tables written before every source was kept (no ``sources`` column, a check
+    constraint on the old three sources) to the current layout, rows included."""
+    if not warehouse.table_exists(con, "recommendations"):
+        return
+    columns = {row[0] for row in con.execute("describe recommendations").fetchall()}
+    if "sources" in columns:
+        return
+    con.begin()
+    try:
+        con.execute("drop view if exists latest_recommendations")
+        con.execute("alter table recommendations rename to recommendations_old")
+        con.execute("alter table recommendation_runs rename to recommendation_runs_old")
+        con.execute(WRITEBACK_DDL)
+        con.execute(
+            "insert into recommendations select run_id, user_id, rank, item_id, score, "
+            "category_id, source, [source], reason, model_version, generated_at "
+            "from recommendations_old"
+        )
+        counts = ", ".join(f"n_{s}" if s in ("repeat", "ann", "popular") else "0" for s in SOURCES)
+        con.execute(
+            "insert into recommendation_runs select run_id, model_version, features_as_of, "
+            f"generated_at, status, n_users, n_rows, {counts}, 'unknown', '{{}}', metrics "
+            "from recommendation_runs_old"
+        )
+        con.execute("drop table recommendations_old")
+        con.execute("drop table recommendation_runs_old")
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+
+
 def prune_runs(con: duckdb.DuckDBPyConnection, keep: int) -> tuple[int, ...]:
     """Delete all but the newest ``keep`` complete runs; return the deleted run ids, ascending.
 
@@ -381,13 +377,17 @@ def write_run(
     model_version: str,
     features_as_of: datetime,
     metrics: dict[str, Any],
+    ranker: str = "unknown",
+    validation: dict[str, Any] | None = None,
     retention: int = 5,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> RunReport:
     """Validate ``recs`` and commit them as the newest complete run, in one transaction.
 
     ``recs``: a polars DataFrame or Arrow table, or an iterable of them, with columns
-    user_id, rank, item_id, score, category_id, source, reason (one row per user and rank).
+    user_id, rank, item_id, score, category_id, source, sources, reason (one row per user and
+    rank). ``ranker`` names the policy that ranked them and ``validation`` holds the figures it
+    was chosen on (``recsys.ranking.select``).
     Runs beyond the newest ``retention`` complete ones are pruned in the same transaction.
     """
     if retention < 1:
@@ -396,12 +396,14 @@ def write_run(
         raise WritebackError(f"model_version must be a non-empty string, got {model_version!r}")
     as_of = _naive_utc(features_as_of)
     metrics_json = _metrics_json(metrics)
+    validation_json = _metrics_json(validation or {})
     with tempfile.TemporaryDirectory(dir=paths.ensure().home, prefix=".writeback-") as spool:
         _spool(recs, Path(spool))
         glob = str(Path(spool) / "*.parquet")
         n_rows, n_users, counts = _validated_counts(glob)
         generated_at = datetime.now(UTC).replace(tzinfo=None)
         with open_for_write(paths, lock_timeout_s=lock_timeout_s) as con:
+            _upgrade(con)
             con.execute(WRITEBACK_DDL)
             con.begin()
             try:
@@ -410,7 +412,7 @@ def write_run(
                 ).fetchone()
                 con.execute(
                     "insert into recommendations select $run_id, user_id, rank, item_id, score, "
-                    "category_id, source, reason, $model_version, $generated_at "
+                    "category_id, source, sources, reason, $model_version, $generated_at "
                     "from read_parquet($glob) order by user_id, rank",
                     {
                         "run_id": run_id,
@@ -421,10 +423,10 @@ def write_run(
                 )
                 con.execute(
                     "insert into recommendation_runs values "
-                    "(?, ?, ?, ?, 'complete', ?, ?, ?, ?, ?, ?)",
+                    f"(?, ?, ?, ?, 'complete', ?, ?, {', '.join('?' for _ in SOURCES)}, ?, ?, ?)",
                     [run_id, model_version, as_of, generated_at, n_users, n_rows]
                     + [counts[source] for source in SOURCES]
-                    + [metrics_json],
+                    + [ranker, validation_json, metrics_json],
                 )
                 pruned = prune_runs(con, retention)
                 con.commit()
@@ -439,6 +441,8 @@ def write_run(
         n_users=n_users,
         n_rows=n_rows,
         counts=counts,
+        ranker=ranker,
+        validation=json.loads(validation_json),
         metrics=json.loads(metrics_json),
     )
     return RunReport(run=run, pruned_run_ids=pruned)
@@ -453,8 +457,8 @@ def latest_run(paths: Paths, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) 
             return None
         row = con.execute(
             "select run_id, model_version, features_as_of, generated_at, n_users, n_rows, "
-            "n_repeat, n_ann, n_popular, metrics from recommendation_runs "
-            "where status = 'complete' order by run_id desc limit 1"
+            f"{', '.join(f'n_{source}' for source in SOURCES)}, ranker, validation, metrics "
+            "from recommendation_runs where status = 'complete' order by run_id desc limit 1"
         ).fetchone()
     if row is None:
         return None
@@ -465,6 +469,8 @@ def latest_run(paths: Paths, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) 
         generated_at=row[3],
         n_users=row[4],
         n_rows=row[5],
-        counts=dict(zip(SOURCES, row[6:9], strict=True)),
-        metrics=json.loads(row[9]),
+        counts=dict(zip(SOURCES, row[6 : 6 + len(SOURCES)], strict=True)),
+        ranker=row[-3],
+        validation=json.loads(row[-2]),
+        metrics=json.loads(row[-1]),
     )

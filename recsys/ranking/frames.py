@@ -1,4 +1,5 @@
-"""Shared pieces of the baselines: decayed behaviour scores, id indexes, top-k matrices."""
+"""Event frames and ids shared by ranking, models and evaluation: decayed behaviour weights,
+dense id positions and top-k matrices."""
 
 from __future__ import annotations
 
@@ -8,9 +9,28 @@ import numpy as np
 import polars as pl
 
 from recsys.config import FeatureConfig
-from recsys.evaluation.errors import EvaluationError
-from recsys.evaluation.metrics import PAD
-from recsys.evaluation.split import behavior_weight, check_events
+from recsys.warehouse.schema import BEHAVIORS, REQUIRED_COLUMNS
+
+PAD = -1
+
+
+class RankingError(ValueError):
+    """Bad input to a ranking step, a metric or a fitted ranker (one-line message)."""
+
+
+def behavior_weight(config: FeatureConfig) -> pl.Expr:
+    """Expression: the configured weight of each event's behaviour (Float64)."""
+    return pl.col("behavior").replace_strict(config.behavior_weights, return_dtype=pl.Float64)
+
+
+def check_events(events: pl.DataFrame) -> None:
+    """Raise RankingError unless ``events`` has the canonical columns and behaviours."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in events.columns]
+    if missing:
+        raise RankingError(f"events lack columns {missing}")
+    unknown = set(events["behavior"].unique().to_list()) - set(BEHAVIORS)
+    if unknown:
+        raise RankingError(f"events have unknown behaviours {sorted(unknown)}")
 
 
 def events_before(events: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
@@ -18,7 +38,7 @@ def events_before(events: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
     check_events(events)
     before = events.filter(pl.col("event_time") < as_of)
     if before.is_empty():
-        raise EvaluationError(f"no events before {as_of} to fit on")
+        raise RankingError(f"no events before {as_of} to fit on")
     return before
 
 
@@ -66,7 +86,7 @@ def top_k_matrix(
     """
     user_ids = np.asarray(user_ids, dtype=np.int64)
     if len(np.unique(user_ids)) != len(user_ids):
-        raise EvaluationError("user_ids must be unique")
+        raise RankingError("user_ids must be unique")
     rows = pl.DataFrame({"user_id": user_ids, "row": np.arange(len(user_ids))})
     ranked = (
         scored.select("user_id", "item_id", "score")

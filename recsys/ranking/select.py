@@ -1,0 +1,52 @@
+"""Choosing what to serve on a validation window, never on a test day.
+
+Each policy ranks the profiles as of the window's start; the figures are NDCG@20 and Recall@50
+over the users with a profile who were active in the window. The learned policy is served only
+when it beats the best simple policy (``repeat``, ``blend``) on NDCG@20; otherwise that simple
+policy is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import polars as pl
+
+from recsys.ranking.frames import PAD
+from recsys.ranking.metrics import GroundTruth, hits, ndcg_at_k, recall_at_k
+
+K_NDCG, K_RECALL = 20, 50
+
+
+def recommendation_matrix(ranked: pl.DataFrame, user_ids: np.ndarray, k: int) -> np.ndarray:
+    """int64 [len(user_ids), k]: each user's items in rank order, -1 padded."""
+    rows = pl.DataFrame(
+        {"user_id": np.asarray(user_ids, np.int64), "row": np.arange(len(user_ids))}
+    )
+    placed = ranked.filter(pl.col("rank") <= k).join(rows, on="user_id")
+    out = np.full((len(user_ids), k), PAD, dtype=np.int64)
+    out[placed["row"].to_numpy(), placed["rank"].to_numpy() - 1] = placed["item_id"].to_numpy()
+    return out
+
+
+def validation_figures(ranked: pl.DataFrame, truth: GroundTruth) -> dict[str, float]:
+    """Mean NDCG@20 and Recall@50 of ``ranked`` (``Ranking.rank`` rows) over ``truth``'s users."""
+    recs = recommendation_matrix(ranked, truth.user_ids, max(K_NDCG, K_RECALL))
+    hit = hits(recs, truth)
+    return {
+        f"ndcg_at_{K_NDCG}": float(ndcg_at_k(hit, truth.sizes, K_NDCG).mean()),
+        f"recall_at_{K_RECALL}": float(recall_at_k(hit, truth.sizes, K_RECALL).mean()),
+        "n_users": truth.n_users,
+    }
+
+
+def choose(figures: Mapping[str, Mapping[str, float]], *, learned: str = "learned") -> str:
+    """The policy to serve: ``learned`` when its NDCG@20 beats every simple policy's, else the
+    best simple one (ties go to the earlier, simpler policy)."""
+    metric = f"ndcg_at_{K_NDCG}"
+    simple = [name for name in figures if name != learned]
+    best = max(simple, key=lambda name: (figures[name][metric], -simple.index(name)))
+    if learned in figures and figures[learned][metric] > figures[best][metric]:
+        return learned
+    return best

@@ -1,0 +1,352 @@
+"""The service's wiring: everything a request needs, built once at startup.
+
+Recommendations are ranked by ``recsys.ranking`` with the newest verified model's policy, on
+the user's online profile: the same ``Ranking.rank`` that ``recsys score`` writes back, so
+the two agree until events arrive. A home without a model serves the repeat policy over the
+warehouse's item statistics ("degraded: no model").
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from recsys.features.read import OnlineReader, UserProfile
+from recsys.online.seed import seed_state
+from recsys.online.state import Outcome, from_us, to_us
+from recsys.online.updater import Event, OnlineUpdater
+from recsys.ranking.policy import POLICIES, Ranking
+from recsys.ranking.profiles import profiles_from_features
+from recsys.ranking.score import cold_start
+from recsys.ranking.tables import ItemTables
+from recsys.serving.catalogue import Catalogue, load_catalogue
+from recsys.serving.inbox import EventInbox, InboxDrainer, InboxEvent
+from recsys.serving.schemas import EventIn, utc_now
+from recsys.serving.settings import ServiceSettings, ServingError
+
+log = logging.getLogger(__name__)
+
+NO_MODEL = "none"
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """The ranking served, its model folder's name and a line for /readyz."""
+
+    ranking: Ranking
+    version: str
+    status: str
+
+
+def load_model(settings: ServiceSettings, catalogue: Catalogue) -> ModelState:
+    """The newest complete, verified model in ``settings.models``; without one, the repeat
+    policy over the catalogue's item statistics."""
+    from recsys.models.artifacts import ArtifactError
+
+    try:
+        from recsys.models.interest import load_latest
+
+        model, directory = load_latest(settings.models)
+    except ArtifactError as exc:
+        tables = ItemTables(
+            as_of=datetime.min,
+            items=catalogue.items_frame(),
+            transitions=pl.DataFrame(
+                schema={"src_item_id": pl.Int64, "item_id": pl.Int64, "p": pl.Float64}
+            ),
+            category_items=pl.DataFrame(
+                schema={"category_id": pl.Int64, "item_id": pl.Int64, "share": pl.Float64}
+            ),
+            category_transitions=pl.DataFrame(
+                schema={
+                    "src_category_id": pl.Int64,
+                    "dst_category_id": pl.Int64,
+                    "p": pl.Float64,
+                }
+            ),
+        )
+        ranking = Ranking(POLICIES["repeat"], settings.features, tables)
+        return ModelState(ranking, NO_MODEL, f"degraded: no model ({exc})")
+    if model.ranking_.ann is not None:
+        one_tensorflow_thread()
+    return ModelState(
+        model.ranking_,
+        directory.name,
+        f"loaded: {directory.name} (policy {model.ranking_.spec.name})",
+    )
+
+
+def one_tensorflow_thread() -> None:
+    """One thread per TensorFlow pool: a request runs the query tower on one row, which more
+    threads do not speed up, while their spinning takes the cores the event loop, the inbox
+    drain and co-located processes need (measured in benchmarks/serving.py)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already ran in this process (tests): its pools stay
+        log.info("TensorFlow already initialised; keeping its thread pools")
+
+
+@dataclass(frozen=True)
+class MigrationNote:
+    """The user's interest moved from one category to another (``origin``: online | warehouse)."""
+
+    from_category_id: int
+    to_category_id: int
+    origin: str
+    detected_at: datetime | None = None
+
+
+def current_migration(
+    profile: UserProfile, catalogue: Catalogue, window: timedelta
+) -> MigrationNote | None:
+    """The online shift when the short-horizon top category differs from the long one, else the
+    newest warehouse migration detected within ``window`` before the profile's time."""
+    if profile.get("top_category_changed", False):
+        return MigrationNote(
+            int(profile.get("top_category_long")), int(profile.get("top_category_short")), "online"
+        )
+    if profile.as_of is None:
+        return None
+    recent = catalogue.recent_migrations(profile.user_id, profile.as_of - window)
+    if not recent:
+        return None
+    m = recent[0]
+    return MigrationNote(m.from_category_id, m.to_category_id, "warehouse", m.detected_at)
+
+
+@dataclass
+class Service:
+    """Everything a request needs, built once at startup."""
+
+    settings: ServiceSettings
+    catalogue: Catalogue
+    reader: OnlineReader
+    updater: OnlineUpdater
+    inbox: EventInbox
+    drainer: InboxDrainer
+    model: ModelState
+
+    @classmethod
+    def start(
+        cls,
+        settings: ServiceSettings,
+        *,
+        model: ModelState | None = None,
+        catalogue: Catalogue | None = None,
+    ) -> Service:
+        """``model`` and ``catalogue`` replace what would be loaded from the home (tests)."""
+        from recsys.features import errors, repo
+
+        paths = settings.paths
+        catalogue = catalogue or load_catalogue(paths, lock_timeout_s=settings.lock_timeout_s)
+        online = settings.online or repo.OnlineStoreSettings()
+        try:
+            store = repo.feature_store(paths, online)
+        except errors.FeatureStoreError as exc:
+            raise ServingError(str(exc)) from None
+        try:
+            reader = OnlineReader(store)
+        except Exception as exc:
+            raise ServingError(
+                f"no feature service in {paths.feast} ({type(exc).__name__}): run "
+                "`recsys features apply` and `recsys features materialize` first"
+            ) from None
+        updater = OnlineUpdater.for_store(paths, store, config=settings.features)
+        updater.catalogue = catalogue.category_of
+        if updater.state.seeded_as_of() is None:  # materialised before seeding existed, or lost
+            report = seed_state(
+                paths, config=settings.features, lock_timeout_s=settings.lock_timeout_s
+            )
+            log.info(report.summary())
+        drainer = InboxDrainer(
+            paths,
+            settings.inbox,
+            interval_s=settings.drain_interval_s,
+            batch=settings.drain_batch,
+            lock_timeout_s=settings.lock_timeout_s,
+        )
+        service = cls(
+            settings,
+            catalogue,
+            reader,
+            updater,
+            EventInbox(settings.inbox),
+            drainer,
+            model or load_model(settings, catalogue),
+        )
+        service.recover()
+        drainer.start()
+        return service
+
+    def recover(self) -> None:
+        """Replay the inbox's rows through the online updater (a crash may have come between
+        the inbox commit and the update; duplicates are dropped), then drain them."""
+        rows = self.inbox.pending()
+        for _, user, item, category, behavior, event_us, _ in rows:
+            self.updater.apply(Event(user, item, behavior, from_us(event_us), category))
+        if rows:
+            self.drainer.applied = rows[-1][0]
+            log.info("replayed %d inbox events", len(rows))
+        try:
+            self.drainer.drain(self.inbox)
+        except Exception as exc:  # the rows stay in the inbox for the background drain
+            self.drainer.last_error = f"{type(exc).__name__}: {exc}"
+
+    def close(self) -> None:
+        try:
+            self.drainer.stop()
+        except Exception as exc:
+            log.warning("events left in the inbox for the next start: %s", exc)
+        self.inbox.close()
+        self.updater.close()
+
+    def recommendations(self, user_id: int, k: int, exclude_purchased: bool) -> dict[str, Any]:
+        return self.recommend(user_id, self.reader.read(user_id), k, exclude_purchased)
+
+    def recommend(
+        self, user_id: int, profile: UserProfile | None, k: int, exclude_purchased: bool
+    ) -> dict[str, Any]:
+        """The response body of GET /v1/users/{user_id}/recommendations (plain JSON types)."""
+        ranking = self.model.ranking
+        if profile is None:
+            rows = cold_start(ranking, [user_id], k)
+        else:
+            profiles = profiles_from_features([(user_id, profile.as_of, profile.features)])
+            rows = ranking.rank(profiles, k, exclude_purchased=exclude_purchased)
+        migration = (
+            None
+            if profile is None
+            else current_migration(
+                profile, self.catalogue, timedelta(hours=self.settings.migration_window_hours)
+            )
+        )
+        return {
+            "user_id": user_id,
+            "model_version": self.model.version,
+            "ranker": ranking.spec.name,
+            "cold_start": profile is None,
+            "features_as_of": None if profile is None else profile.as_of,
+            "migration": None
+            if migration is None
+            else {
+                "from_category_id": migration.from_category_id,
+                "to_category_id": migration.to_category_id,
+                "origin": migration.origin,
+            },
+            "items": rows.select(
+                "item_id", "score", "category_id", "source", "sources", "reason"
+            ).to_dicts(),
+        }
+
+    def post_events(self, events: list[EventIn]) -> tuple[list[dict[str, Any]], dict]:
+        """Store and apply the events; returns per-event results and the freshest profile of
+        each user (None when nothing of theirs was applied)."""
+        now = utc_now()
+        results: list[dict[str, Any] | None] = [None] * len(events)
+        stored: list[tuple[int, InboxEvent]] = []
+        for index, e in enumerate(events):
+            category = e.category_id
+            if category is None:
+                category = self.catalogue.category_of(e.item_id)
+            if category is None:
+                reason = f"unknown item {e.item_id} without a category_id (not in item_stats)"
+                self.updater.state.quarantine(_event(e, now, None), reason)
+                results[index] = _result(index, e, Outcome.QUARANTINED, reason)
+                continue
+            event_us = to_us(e.event_time or now)
+            stored.append(
+                (
+                    index,
+                    InboxEvent(e.user_id, e.item_id, category, e.behavior, event_us, e.session_id),
+                )
+            )
+        profiles: dict[int, UserProfile | None] = {}
+        if stored:
+            last = self.inbox.append([s for _, s in stored])  # durable from here on
+            for index, s in stored:
+                self.catalogue.learn(s.item_id, s.category_id)
+                update = self.updater.apply(
+                    Event(s.user_id, s.item_id, s.behavior, from_us(s.event_us), s.category_id)
+                )
+                results[index] = _result(index, events[index], update.outcome, update.reason)
+                if update.rows is not None:
+                    profiles[s.user_id] = self.reader.profile_from_rows(s.user_id, update.rows)
+                else:
+                    profiles.setdefault(s.user_id, None)
+            self.drainer.applied = last
+        return [r for r in results if r is not None], profiles
+
+
+def _event(e: EventIn, now: datetime, category: int | None) -> Event:
+    return Event(e.user_id, e.item_id, e.behavior, e.event_time or now, category)
+
+
+def _result(index: int, e: EventIn, outcome: Outcome, reason: str) -> dict[str, Any]:
+    reason = reason or ("applied" if outcome is Outcome.APPLIED else "")
+    return {
+        "index": index,
+        "user_id": e.user_id,
+        "item_id": e.item_id,
+        "outcome": outcome.value,
+        "reason": reason,
+    }
+
+
+def _profile_interests(profile: UserProfile, horizon: str) -> list[dict[str, Any]]:
+    pairs = profile.short_interests if horizon == "short" else profile.long_interests
+    total = profile.get(f"interest_total_{horizon}", 0.0) or sum(s for _, s in pairs)
+    return [{"category_id": c, "score": s, "share": s / total if total else 0.0} for c, s in pairs]
+
+
+SHIFT_FIELDS = (
+    "js_divergence",
+    "top_category_short",
+    "top_category_long",
+    "top_category_changed",
+    "novel_category_share",
+    "entropy_short",
+    "entropy_long",
+)
+
+
+def interests_payload(service: Service, profile: UserProfile) -> dict[str, Any]:
+    settings = service.settings
+    migrations: list[dict[str, Any]] = []
+    online = current_migration(profile, service.catalogue, timedelta(0))
+    if online is not None and online.origin == "online":
+        migrations.append(
+            {
+                "from_category_id": online.from_category_id,
+                "to_category_id": online.to_category_id,
+                "origin": "online",
+                "detected_at": profile.as_of,
+                "strength": None,
+            }
+        )
+    if profile.as_of is not None:
+        since = profile.as_of - timedelta(hours=settings.migration_window_hours)
+        migrations.extend(
+            {
+                "from_category_id": m.from_category_id,
+                "to_category_id": m.to_category_id,
+                "origin": "warehouse",
+                "detected_at": m.detected_at,
+                "strength": m.strength,
+            }
+            for m in service.catalogue.recent_migrations(profile.user_id, since)
+        )
+    return {
+        "user_id": profile.user_id,
+        "features_as_of": profile.as_of,
+        "short": _profile_interests(profile, "short"),
+        "long": _profile_interests(profile, "long"),
+        "shift": {name: profile.get(name) for name in SHIFT_FIELDS},
+        "migrations": migrations,
+    }
