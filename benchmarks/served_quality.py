@@ -624,7 +624,7 @@ def _fmt(value: float | None, interval: list[float] | None = None) -> str:
         return "-"
     text = f"{value:.4f}"
     if interval is not None:
-        text += f" [{interval[0]:.4f}, {interval[1]:.4f}]"
+        text += f" [{interval[0]:.3f}, {interval[1]:.3f}]"
     return text
 
 

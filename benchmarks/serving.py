@@ -6,28 +6,38 @@ Builds a simulated home (ingest -> build -> materialise) and trains the interest
 starts the service in a subprocess on 127.0.0.1 (uvicorn, uvloop, httptools) and loads it from
 this process with a minimal keep-alive HTTP/1.1 client at concurrency 1 and 16:
 
-- the home's catalogue (~20k items): the service as deployed, loading the trained model itself
-  (``load_model``: saved query tower + ``EmbeddingIndex`` over its item embeddings);
-- 1M items: the real catalogue padded with synthetic items; the real query tower, and an
-  ``EmbeddingIndex`` (ScaNN at this size) over the model's item embeddings tiled to 1M rows
-  (each synthetic item copies a real embedding plus N(0, (0.1 std)^2) noise per dimension).
+- the home's catalogue (~20k items): the service as deployed, loading the newest verified model
+  itself (``load_model``: its ``Ranking``, with the saved query tower + ``EmbeddingIndex`` over
+  its item embeddings as the ANN source);
+- 1M items: the real catalogue padded with synthetic items, and the model's ``Ranking`` reading
+  1M items: its ANN source is the real query tower over an ``EmbeddingIndex`` (ScaNN at this
+  size) of the model's item embeddings tiled to 1M rows (each synthetic item copies a real
+  embedding plus N(0, (0.1 std)^2) noise per dimension), and its item tables are tiled the same
+  way (each synthetic item copies that real item's category and popularity, with noise;
+  ``tiled_tables``).
 
 Measured: GET /healthz (what the HTTP stack alone costs), GET
 /v1/users/{id}/recommendations?k=20 and POST /v1/events?return_recommendations=true (one view,
-refreshed top-20); and the same GET on a bare route (``bare_app``: the raw parts behind the same
-FastAPI/uvicorn stack, nothing else), which splits the endpoint's gap to the floor into the
-HTTP stack's share and the service's own (sources, merge, ranking, reasons). The raw parts
-(online feature read, ``SavedRetrieval.query`` on a real profile, ANN top-20 search) are timed
-in this process on the same home and index, two ways:
+refreshed top-20); and two bare routes (``bare_app``: raw parts behind the same FastAPI/uvicorn
+stack, nothing else): the retrieval parts, and the online read + ``Ranking.rank``. They split
+the endpoint's gap to each floor into the HTTP stack's share and the service's own. The raw
+parts (online feature read, the one-row profile frame, ``SavedRetrieval.embed`` on it, ANN
+top-20 search, and ``Ranking.rank`` top-20 on the profile, its ANN search included) are timed
+in a separate process on the same home, model and index, two ways:
 
-- in request order (read -> query -> search, user after user, each part timed alone): "floor"
-  = the sum of their p50s, what the endpoint cannot go below, since it runs these three in
-  this order and each pays for the caches the others evicted (~20% over the hot loops at 1M
-  items: the ScaNN search sweeps ~100 MB of codes);
-- each in an isolated tight loop: "hot floor", their best case, printed for comparison.
+- in request order (read -> frame -> query -> search -> rank, user after user, each part timed
+  alone): "floor" = the sum of the p50s of read, frame, query and search (the retrieval the
+  endpoint cannot go below; each part pays for the caches the others evicted, ~20% over the
+  hot loops at 1M items: the ScaNN search sweeps ~100 MB of codes); "ranked floor" = read +
+  frame + rank, what the endpoint runs before its own response assembly (the ranking runs the
+  query tower and the ANN search itself, so they are not counted twice);
+- each in an isolated tight loop: "hot floor" and "hot ranked floor", their best case.
+
+The service and raw-part processes run with POLARS_MAX_THREADS=1 (as `recsys serve` sets it)
+and one TensorFlow thread per pool (as ``load_model`` sets it).
 
 Usage: python benchmarks/serving.py [--home DIR --users 2000 --items 20000 --days 5
---requests 2000]
+--requests 2000 --repeats 1000]
 Targets on 2 cores: recommendations p99 < 10 ms at concurrency 1 with 1M items; event ->
 refreshed top-k p99 < 20 ms; endpoint p50 at most 1.5x the floor.
 """
@@ -83,13 +93,14 @@ def prepare(home: Path, users: int, items: int, days: int) -> None:
 def ensure_model(home: Path) -> None:
     """Train and publish the interest model when the home has none."""
     from recsys.home import resolve_home
+    from recsys.models.artifacts import ArtifactError, latest_verified
+    from recsys.models.interest import MODEL_NAME
     from recsys.models.training import train_home
-    from recsys.ranking.score import ScoreError, latest_model_dir
 
     paths = resolve_home(home)
     try:
-        console.print(f"model: {latest_model_dir(paths).name}")
-    except ScoreError:
+        console.print(f"model: {latest_verified(paths.models, MODEL_NAME)[0].name}")
+    except ArtifactError:
         with console.status("training the interest model (train_home)"):
             report = train_home(paths, console=console)
         console.print(report.summary())
@@ -122,57 +133,129 @@ def tiled_embeddings(model_ids, model_embeddings, item_ids) -> np.ndarray:
     return out
 
 
+def tiled_tables(tables, model_ids, item_ids):
+    """``tables`` (``ItemTables``) whose ``items`` cover every id of ``item_ids``: an item they
+    lack copies the row of the model item whose embedding it copies (``tiled_embeddings``; a
+    row taken in turn when that item has none): its category, trend and popularity x
+    exp(N(0, TILE_NOISE^2)). ``category_items`` is rebuilt from the tiled items as the table
+    builder would (each category's best items by share of its long-horizon popularity, as
+    many per category as the model's table keeps), so tiled items compete there too."""
+    import dataclasses
+
+    import polars as pl
+
+    items = tables.items
+    missing = np.flatnonzero(~np.isin(item_ids, items["item_id"].to_numpy()))
+    rng = np.random.default_rng(1)
+    copies = (
+        pl.DataFrame(
+            {
+                "item_id": item_ids[missing],
+                "src": model_ids[missing % len(model_ids)],
+                "fallback": missing % items.height,
+            }
+        )
+        .join(items.rename({"item_id": "src"}), on="src", how="left")
+        .with_columns(noise=pl.Series(np.exp(rng.normal(0.0, TILE_NOISE, len(missing)))))
+    )
+    known = copies.filter(pl.col("category_id").is_not_null())
+    unknown = copies.filter(pl.col("category_id").is_null()).select(
+        "item_id", "noise", pl.col("fallback").alias("row")
+    )
+    rows = items.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    unknown = unknown.join(rows.drop("item_id"), on="row", how="left")
+    columns = [
+        "item_id",
+        "category_id",
+        pl.col("pop_short") * pl.col("noise"),
+        pl.col("pop_long") * pl.col("noise"),
+        "trend",
+    ]
+    tiled = pl.concat(
+        [items, known.select(columns), unknown.select(columns)], how="vertical_relaxed"
+    ).sort("item_id")
+    keep = int(tables.category_items.group_by("category_id").len()["len"].max() or 0)
+    category_items = (
+        tiled.with_columns(share=pl.col("pop_long") / pl.col("pop_long").sum().over("category_id"))
+        .sort(["category_id", "share", "item_id"], descending=[False, True, False])
+        .group_by("category_id", maintain_order=True)
+        .head(keep)
+        .select("category_id", "item_id", "share")
+    )
+    return dataclasses.replace(tables, items=tiled, category_items=category_items)
+
+
 def components(home: Path, n_items: int):
-    """(catalogue, AnnSource, description): the deployed ones for the home's own catalogue
-    (``n_items`` = 0), the tiled ones (module doc) for ``n_items`` items."""
+    """(catalogue, ModelState, retrieval, description): the deployed ones (``load_model``) for
+    the home's own catalogue (``n_items`` = 0), the tiled ones (module doc) for ``n_items``
+    items. ``retrieval`` is the ranking's ``SavedRetrieval`` (loaded from the model folder when
+    the served policy does not retrieve, so that the raw parts can still be timed)."""
+    import copy
+    import dataclasses
+
     from recsys.home import resolve_home
+    from recsys.models.artifacts import latest_verified
     from recsys.models.index import EmbeddingIndex
-    from recsys.models.saved import IndexSearch, SavedRetrieval
-    from recsys.ranking.score import latest_model_dir
-    from recsys.serving.app import load_model
-    from recsys.serving.candidates import AnnSource
+    from recsys.models.interest import MODEL_NAME
+    from recsys.models.saved import SavedRetrieval
     from recsys.serving.catalogue import load_catalogue
+    from recsys.serving.service import ModelState, load_model
     from recsys.serving.settings import ServiceSettings
 
     paths = resolve_home(home)
+    settings = ServiceSettings(paths=paths)
     real = load_catalogue(paths, lock_timeout_s=30)
+    model = load_model(settings, real)
+    ranking = model.ranking
+    retrieval = ranking.ann or SavedRetrieval(latest_verified(settings.models, MODEL_NAME)[0])
+    uses_ann = ranking.ann is not None and "ann" in {s.name for s in ranking.sources()}
+    policy = f"policy {ranking.spec.name}" + ("" if uses_ann else " (ranks WITHOUT the ANN)")
     if not n_items:
-        model = load_model(ServiceSettings(paths=paths), real)
-        assert model.ann is not None, model.status
-        index = model.ann.index.index
+        index = retrieval.index
         description = (
-            f"{len(real):,} catalogue items; trained query tower + its index "
-            f"({len(index.ids):,} items, {index.method})"
+            f"{len(real):,} catalogue items; {policy}; trained query tower + its index "
+            f"({len(index.ids):,} items, {index.method}); tables of "
+            f"{ranking.tables.items.height:,} items"
         )
-        return real, model.ann, description
-    retrieval = SavedRetrieval(latest_model_dir(paths))
+        return real, model, retrieval, description
     catalogue = tiled_catalogue(real, n_items)
-    model_ids, model_embeddings = retrieval.index.index.ids, retrieval.index.index.embeddings
+    model_ids, model_embeddings = retrieval.index.ids, retrieval.index.embeddings
     if not np.isin(model_ids, catalogue.item_ids).all():
         raise SystemExit("the model knows items the catalogue does not")
     index = EmbeddingIndex(
         catalogue.item_ids, tiled_embeddings(model_ids, model_embeddings, catalogue.item_ids)
     )
-    index.top_k(np.zeros(model_embeddings.shape[1], np.float32), 32)  # ScaNN for k <= 32
+    index.top_k(np.zeros(model_embeddings.shape[1], np.float32), 20)  # builds the ScaNN layer
+    tiled = copy.copy(retrieval)  # the same query tower and encoder over the tiled index
+    tiled.index = index
+    tables = tiled_tables(ranking.tables, model_ids, catalogue.item_ids)
+    ranking = dataclasses.replace(ranking, tables=tables, ann=tiled if uses_ann else ranking.ann)
+    model = ModelState(ranking, model.version, f"{model.status}, tiled to {len(catalogue):,} items")
     description = (
-        f"trained query tower; index = its {len(model_ids):,} item embeddings tiled to "
-        f"{len(catalogue):,} (+N(0, ({TILE_NOISE} std)^2) noise), {index.method}"
+        f"{policy}; trained query tower; index = its {len(model_ids):,} item embeddings tiled "
+        f"to {len(catalogue):,} (+N(0, ({TILE_NOISE} std)^2) noise), {index.method}; tables "
+        f"tiled to {tables.items.height:,} items ({tables.category_items.height:,} category "
+        "items)"
     )
-    return catalogue, AnnSource(retrieval.query, IndexSearch(index), catalogue), description
+    return catalogue, model, tiled, description
 
 
 def bare_app(home: Path, n_items: int):
-    """The recommendations route doing only the raw parts (online read -> query tower -> ANN
-    search, the ids and scores as JSON) behind the same FastAPI/uvicorn stack: what the
-    endpoint would cost with no candidate sources, merge, ranking or reasons."""
+    """The raw parts behind the same FastAPI/uvicorn stack, nothing else, on two routes:
+    GET /v1/users/{id}/recommendations runs the retrieval parts (online read -> profile frame
+    -> query tower -> ANN search, the ids and scores as JSON); GET /v1/users/{id}/ranked runs
+    the ranked ones (online read -> profile frame -> ``Ranking.rank``, its rows as JSON): what
+    the endpoint would cost without its own work (migration note, response assembly)."""
     from fastapi import FastAPI, Query
     from fastapi.responses import Response
 
     from recsys.features.read import OnlineReader
     from recsys.features.repo import feature_store
     from recsys.home import resolve_home
+    from recsys.ranking.profiles import profiles_from_features
 
-    _, ann, _ = components(home, n_items)
+    _, model, retrieval, _ = components(home, n_items)
+    ranking = model.ranking
     reader = OnlineReader(feature_store(resolve_home(home)))
     app = FastAPI()
 
@@ -184,22 +267,42 @@ def bare_app(home: Path, n_items: int):
     async def recommendations(
         user_id: int, k: int = Query(20, ge=1, le=1000), exclude_purchased: bool = True
     ) -> Response:
-        ids, scores = ann.index.search(ann.query(reader.read(user_id)), k)
-        items = [
-            {"item_id": i, "score": s} for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
-        ]
+        profile = reader.read(user_id)
+        items = []
+        if profile is not None:
+            profiles = profiles_from_features([(user_id, profile.as_of, profile.features)])
+            ids, scores = retrieval.index.top_k(retrieval.embed(profiles), k)
+            items = [
+                {"item_id": i, "score": s}
+                for i, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True)
+            ]
+        return Response(json.dumps({"user_id": user_id, "items": items}))
+
+    @app.get("/v1/users/{user_id}/ranked")
+    async def ranked(
+        user_id: int, k: int = Query(20, ge=1, le=1000), exclude_purchased: bool = True
+    ) -> Response:
+        profile = reader.read(user_id)
+        items = []
+        if profile is not None:
+            profiles = profiles_from_features([(user_id, profile.as_of, profile.features)])
+            rows = ranking.rank(profiles, k, exclude_purchased=exclude_purchased)
+            items = rows.select(
+                "item_id", "score", "category_id", "source", "sources", "reason"
+            ).to_dicts()
         return Response(json.dumps({"user_id": user_id, "items": items}))
 
     return app
 
 
 def serve(home: Path, n_items: int, port: int, bare: bool) -> None:
-    """The service process: as deployed, or with the tiled catalogue and index; or the bare
-    route (``bare_app``) on the same catalogue."""
+    """The service process: as deployed, or with the tiled catalogue and model; or the bare
+    routes (``bare_app``) on the same catalogue."""
     import uvicorn
 
     from recsys.home import resolve_home
-    from recsys.serving.app import create_app, one_tensorflow_thread
+    from recsys.serving.app import create_app
+    from recsys.serving.service import one_tensorflow_thread
     from recsys.serving.settings import ServiceSettings
 
     settings = ServiceSettings(paths=resolve_home(home))
@@ -209,8 +312,8 @@ def serve(home: Path, n_items: int, port: int, bare: bool) -> None:
     elif not n_items:
         app = create_app(settings)
     else:
-        catalogue, ann, _ = components(home, n_items)
-        app = create_app(settings, ann=ann, catalogue=catalogue)
+        catalogue, model, _, _ = components(home, n_items)
+        app = create_app(settings, model=model, catalogue=catalogue)
     uvicorn.run(
         app,
         host="127.0.0.1",
@@ -267,23 +370,36 @@ async def load(port: int, requests: list[tuple[str, str, bytes]], concurrency: i
     return np.array(latencies), len(requests) / (time.perf_counter() - began)
 
 
-def in_request_order(reader, ann, users: list[int]) -> dict[str, np.ndarray]:
-    """Each raw part timed (ms) as a request runs it: read -> query tower -> ANN search, user
-    after user (after a warm-up pass). Each part then pays for the caches the others evicted,
-    as it does in the endpoint."""
-    names = ("read", "query", "search")
-    out = {name: np.empty(len(users)) for name in names}
+# The raw parts, in request order; "frame" is the one-row profiles frame that both the query
+# tower and the ranking read (built once per request).
+PARTS = ("read", "frame", "query", "search", "rank")
+RETRIEVAL_PARTS = ("read", "frame", "query", "search")
+RANKED_PARTS = ("read", "frame", "rank")
+
+
+def in_request_order(reader, ranking, retrieval, users: list[int]) -> dict[str, np.ndarray]:
+    """Each raw part timed (ms) as a request runs it: read -> profile frame -> query tower ->
+    ANN search -> ranking, user after user (after a warm-up pass). Each part then pays for the
+    caches the others evicted, as it does in the endpoint."""
+    from recsys.ranking.profiles import profiles_from_features
+
+    out = {name: np.empty(len(users)) for name in PARTS}
     for warm in (True, False):
         for i, user in enumerate(users):
             t0 = time.perf_counter()
             profile = reader.read(user)
             t1 = time.perf_counter()
-            query = ann.query(profile)
+            profiles = profiles_from_features([(user, profile.as_of, profile.features)])
             t2 = time.perf_counter()
-            ann.index.search(query, 20)
+            query = retrieval.embed(profiles)
             t3 = time.perf_counter()
+            retrieval.index.top_k(query, 20)
+            t4 = time.perf_counter()
+            ranking.rank(profiles, 20, exclude_purchased=True)
+            t5 = time.perf_counter()
             if not warm:
-                for name, began, ended in zip(names, (t0, t1, t2), (t1, t2, t3), strict=True):
+                times = (t0, t1, t2, t3, t4, t5)
+                for name, began, ended in zip(PARTS, times[:-1], times[1:], strict=True):
                     out[name][i] = (ended - began) * 1e3
     return out
 
@@ -301,33 +417,69 @@ def isolated(fn, arguments: list) -> np.ndarray:
 
 
 def raw_parts(home: Path, n_items: int, users: list[int], repeats: int):
-    """The online feature read, the query tower and the ANN search, timed in-process in
-    request order and in isolation; and the description of the ANN stage."""
+    """The online feature read, the profile frame, the query tower, the ANN search and the
+    ranking, timed in request order and in isolation: {label: (in order, isolated)} keyed by
+    ``PARTS``; and the description of the model. Runs in its own process (``raw_process``)."""
     from recsys.features.read import OnlineReader
     from recsys.features.repo import feature_store
     from recsys.home import resolve_home
-    from recsys.serving.app import one_tensorflow_thread
+    from recsys.ranking.profiles import profiles_from_features
+    from recsys.serving.service import one_tensorflow_thread
 
     one_tensorflow_thread()  # the service's TensorFlow settings (load_model)
-    _, ann, description = components(home, n_items)
+    _, model, retrieval, description = components(home, n_items)
+    ranking = model.ranking
     reader = OnlineReader(feature_store(resolve_home(home)))
     sample = [u for u in random.Random(1).choices(users, k=repeats) if reader.read(u)]
-    profiles = [reader.read(u) for u in sample]
-    queries = [ann.query(p) for p in profiles]
-    ordered = in_request_order(reader, ann, sample)
-    ann_name = f"ANN search top-20 (EmbeddingIndex, {len(ann.index.index.ids):,} items)"
-    parts = {
-        "online feature read (provider.online_read)": (
-            ordered["read"],
-            isolated(reader.read, sample),
-        ),
-        "query tower (SavedRetrieval.query on a real profile)": (
-            ordered["query"],
-            isolated(ann.query, profiles),
-        ),
-        ann_name: (ordered["search"], isolated(lambda q: ann.index.search(q, 20), queries)),
+    rows = [(u, p.as_of, p.features) for u, p in ((u, reader.read(u)) for u in sample)]
+    frames = [profiles_from_features([row]) for row in rows]
+    queries = [retrieval.embed(f) for f in frames]
+    ordered = in_request_order(reader, ranking, retrieval, sample)
+    index = retrieval.index
+    alone = {
+        "read": isolated(reader.read, sample),
+        "frame": isolated(lambda row: profiles_from_features([row]), rows),
+        "query": isolated(retrieval.embed, frames),
+        "search": isolated(lambda q: index.top_k(q, 20), queries),
+        "rank": isolated(lambda f: ranking.rank(f, 20, exclude_purchased=True), frames),
     }
+    labels = {
+        "read": "online feature read (OnlineReader.read)",
+        "frame": "profile frame (profiles_from_features, one row)",
+        "query": "query tower (SavedRetrieval.embed on the profile frame)",
+        "search": f"ANN top-20 (EmbeddingIndex.top_k, {len(index.ids):,} items, {index.method})",
+        "rank": (
+            f"ranking (Ranking.rank top-20, {ranking.spec.name}, exclude_purchased, "
+            f"ANN included, {ranking.tables.items.height:,} items)"
+        ),
+    }
+    parts = {name: (labels[name], ordered[name].tolist(), alone[name].tolist()) for name in PARTS}
     return parts, description
+
+
+def child_env() -> dict[str, str]:
+    """The environment of the service and raw-part processes: one polars thread, as `recsys
+    serve` sets (a request ranks one user; polars' pool costs more than it saves there)."""
+    env = dict(os.environ)
+    env.setdefault("POLARS_MAX_THREADS", "1")
+    return env
+
+
+def raw_process(home: Path, n_items: int, users: list[int], repeats: int):
+    """``raw_parts`` in a subprocess (its own polars thread setting, TensorFlow and caches)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        users_path, out_path = Path(tmp) / "users.json", Path(tmp) / "parts.json"
+        users_path.write_text(json.dumps(users))
+        command = [sys.executable, __file__, "--raw", "--home", str(home)]
+        command += ["--catalogue", str(n_items), "--repeats", str(repeats)]
+        command += ["--users-file", str(users_path), "--out", str(out_path)]
+        subprocess.run(command, check=True, env=child_env())
+        result = json.loads(out_path.read_text())
+    parts = {
+        name: (label, np.array(ordered), np.array(alone))
+        for name, (label, ordered, alone) in result["parts"].items()
+    }
+    return parts, result["description"], result["polars_threads"]
 
 
 def free_port() -> int:
@@ -358,7 +510,7 @@ def service_process(home: Path, n_items: int, *, bare: bool = False) -> Iterator
     port = free_port()
     command = [sys.executable, __file__, "--serve", "--home", str(home)]
     command += ["--catalogue", str(n_items), "--port", str(port)] + (["--bare"] if bare else [])
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(command, env=child_env())
     try:
         wait_ready(port, process)
         yield port
@@ -367,12 +519,13 @@ def service_process(home: Path, n_items: int, *, bare: bool = False) -> Iterator
         process.wait()
 
 
-def bench_catalogue(home: Path, n_items: int, requests: int, users: list[int], t0) -> None:
+def bench_catalogue(
+    home: Path, n_items: int, requests: int, repeats: int, users: list[int], t0
+) -> None:
     rows: list[tuple[str, np.ndarray, float | None]] = []
     rng = random.Random(0)
-    gets = [
-        ("GET", f"/v1/users/{rng.choice(users)}/recommendations?k=20", b"") for _ in range(requests)
-    ]
+    picked = [rng.choice(users) for _ in range(requests)]
+    gets = [("GET", f"/v1/users/{u}/recommendations?k=20", b"") for u in picked]
     with service_process(home, n_items) as port:
         clock = iter(range(1, 10**9))
 
@@ -406,34 +559,49 @@ def bench_catalogue(home: Path, n_items: int, requests: int, users: list[int], t
                 (f"POST event + refreshed top-20, concurrency {concurrency}", latencies, rate)
             )
     with service_process(home, n_items, bare=True) as port:
-        asyncio.run(load(port, gets[:200], 1))  # warm-up
-        latencies, rate = asyncio.run(load(port, gets, 1))
-        rows.insert(
-            2, ("GET bare route: raw parts + HTTP stack only, concurrency 1", latencies, rate)
-        )
-    parts, description = raw_parts(home, n_items, users, 1000)
-    floor = sum(float(np.median(ordered)) for ordered, _ in parts.values())
-    hot = sum(float(np.median(alone)) for _, alone in parts.values())
+        ranked = [("GET", f"/v1/users/{u}/ranked?k=20", b"") for u in picked]
+        bare = []
+        for name, requested in (
+            ("GET bare route: retrieval raw parts + HTTP stack only", gets),
+            ("GET bare route: read + Ranking.rank + HTTP stack only", ranked),
+        ):
+            asyncio.run(load(port, requested[:200], 1))  # warm-up
+            latencies, rate = asyncio.run(load(port, requested, 1))
+            bare.append((f"{name}, concurrency 1", latencies, rate))
+        rows[1:1] = bare
+    parts, description, threads = raw_process(home, n_items, users, repeats)
+
+    def floor(names: tuple[str, ...], which: int) -> float:
+        return sum(float(np.median(parts[name][which])) for name in names)
+
+    floors = {
+        "floor": floor(RETRIEVAL_PARTS, 1),
+        "hot floor": floor(RETRIEVAL_PARTS, 2),
+        "ranked floor": floor(RANKED_PARTS, 1),
+        "hot ranked floor": floor(RANKED_PARTS, 2),
+    }
     size = f"{n_items:,} items" if n_items else "the home's own catalogue"
-    table = Table(title=f"serving, {size}: {description}")
-    for column in ("measure", "p50 ms", "p99 ms", "req/s", "p50 / floor", "p50 / hot floor"):
+    table = Table(title=f"serving, {size}: {description}; POLARS_MAX_THREADS={threads}")
+    for column in ("measure", "p50 ms", "p99 ms", "req/s", *(f"p50 / {f}" for f in floors)):
         table.add_column(column)
-    for name, (ordered, alone) in parts.items():
-        for label, values in (("in request order", ordered), ("isolated loop", alone)):
+    blank = [""] * len(floors)
+    for label, ordered, alone in parts.values():
+        for how, values in (("in request order", ordered), ("isolated loop", alone)):
             p50, p99 = np.percentile(values, [50, 99])
-            table.add_row(f"raw: {name}, {label}", f"{p50:.3f}", f"{p99:.3f}", "", "", "")
-    table.add_row("floor = sum of in-order raw p50s", f"{floor:.3f}", "", "", "1.0x", "")
-    table.add_row("hot floor = sum of isolated raw p50s", f"{hot:.3f}", "", "", "", "1.0x")
+            table.add_row(f"raw: {label}, {how}", f"{p50:.3f}", f"{p99:.3f}", "", *blank)
+    sums = {
+        "floor": "floor = read + frame + query tower + ANN, in-order p50s",
+        "hot floor": "hot floor = the same, isolated p50s",
+        "ranked floor": "ranked floor = read + frame + ranking (ANN inside), in-order p50s",
+        "hot ranked floor": "hot ranked floor = the same, isolated p50s",
+    }
+    for name, value in floors.items():
+        ones = ["1.0x" if other == name else "" for other in floors]
+        table.add_row(sums[name], f"{value:.3f}", "", "", *ones)
     for name, values, rate in rows:
         p50, p99 = np.percentile(values, [50, 99])
-        table.add_row(
-            name,
-            f"{p50:.3f}",
-            f"{p99:.3f}",
-            f"{rate:,.0f}",
-            f"{p50 / floor:.2f}x",
-            f"{p50 / hot:.2f}x",
-        )
+        ratios = [f"{p50 / value:.2f}x" for value in floors.values()]
+        table.add_row(name, f"{p50:.3f}", f"{p99:.3f}", f"{rate:,.0f}", *ratios)
     console.print(table)
 
 
@@ -443,17 +611,29 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=20_000)
     parser.add_argument("--days", type=int, default=5)
     parser.add_argument("--requests", type=int, default=2_000)
+    parser.add_argument("--repeats", type=int, default=1_000, help="users the raw parts time")
     parser.add_argument(
         "--catalogues", default="0,1000000", help="item counts; 0 = the home's own catalogue"
     )
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--catalogue", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--users-file", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.home, args.catalogue, args.port, args.bare)
+        return
+    if args.raw:
+        users = json.loads(args.users_file.read_text())
+        parts, description = raw_parts(args.home, args.catalogue, users, args.repeats)
+        import polars as pl
+
+        result = {"parts": parts, "description": description}
+        args.out.write_text(json.dumps({**result, "polars_threads": pl.thread_pool_size()}))
         return
     import duckdb
 
@@ -465,7 +645,7 @@ def main() -> None:
         users = [r[0] for r in con.execute("select user_id from user_interest_shift").fetchall()]
         (t0,) = con.execute("select max(event_time) from events").fetchone()
     for n_items in (int(n) for n in args.catalogues.split(",")):
-        bench_catalogue(home, n_items, args.requests, users, t0)
+        bench_catalogue(home, n_items, args.requests, args.repeats, users, t0)
 
 
 if __name__ == "__main__":

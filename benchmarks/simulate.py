@@ -6,7 +6,9 @@ interests, funnel or sorting). The ratio is the price of the realism.
 
     .venv/bin/python benchmarks/simulate.py [--repeats 3] [--skip-10m]
 
-Targets on 2 cores: ~1M events in a few seconds, 10M events in under a minute.
+Targets on 2 cores: ~1M events in a few seconds, 10M events in under a minute. The sizes use the
+default category association graph (association_probability 0.8); "~1M graph-free" is the same
+log without it (association_probability 0, the simulator before the graph), to show its price.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from recsys.warehouse.simulate import SimulationConfig, simulate
 
 SIZES = {
     "~1M": SimulationConfig(users=6_000, items=20_000, days=30, seed=0),
+    "~1M graph-free": SimulationConfig(
+        users=6_000, items=20_000, days=30, seed=0, association_probability=0.0
+    ),
     "~10M": SimulationConfig(users=60_000, items=1_000_000, days=30, seed=0),
 }
 console = Console(width=140)
@@ -58,7 +63,7 @@ def main() -> None:
     for label, config in SIZES.items():
         if label == "~10M" and args.skip_10m:
             continue
-        runs = args.repeats if label == "~1M" else 1
+        runs = args.repeats if label.startswith("~1M") else 1
         with console.status(f"simulating {label} events x{runs}"):
             results = [time_simulation(config) for _ in range(runs)]
             seconds = statistics.median(r[0] for r in results)
@@ -66,7 +71,8 @@ def main() -> None:
             floor = time_random_floor(events)
         table.add_row(
             label,
-            f"u={config.users} i={config.items} d={config.days}",
+            f"u={config.users} i={config.items} d={config.days} "
+            f"a={config.association_probability:g}",
             f"{events:,}",
             f"{migrations:,}",
             str(runs),

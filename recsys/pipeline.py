@@ -40,6 +40,8 @@ class SimulatorSource:
     items: int = 20_000
     days: int = 21
     seed: int = 7
+    association_probability: float = 0.8  # see SimulationConfig: the category association graph
+    associations_per_category: int = 3
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import pytest
 from event_frames import T
 from event_frames import frame as _frame
 
-from recsys.config import FeatureConfig
 from recsys.evaluation.baselines import (
     ALS,
     CandidateBlend,
@@ -16,10 +15,9 @@ from recsys.evaluation.baselines import (
     ItemKNN,
     Popularity,
     Repeat,
-    user_category_context,
 )
 from recsys.evaluation.errors import EvaluationError
-from recsys.ranking.frames import top_k_matrix
+from recsys.ranking.frames import RankingError, top_k_matrix
 from recsys.ranking.ranker import LogisticRanker
 
 
@@ -66,7 +64,8 @@ def test_category_interest_prefers_the_users_category():
 
 
 def test_fit_needs_events_before_as_of():
-    with pytest.raises(EvaluationError, match="no events before"):
+    # events_before moved to recsys.ranking.frames, which raises RankingError.
+    with pytest.raises(RankingError, match="no events before"):
         Repeat().fit(HAND, T - timedelta(days=30))
     with pytest.raises(EvaluationError, match="fitted"):
         Repeat().recommend(np.array([1]), 3)
@@ -117,21 +116,8 @@ def test_logistic_ranker_learns_a_planted_direction():
     assert ranker.weights_[0] > 0 > ranker.weights_[1]
     scores = ranker.score(x)
     assert scores[y == 1].mean() > scores[y == 0].mean()
-    with pytest.raises(EvaluationError, match="both classes"):
+    with pytest.raises(RankingError, match="both classes"):
         LogisticRanker().fit(x, np.zeros(2000))
-
-
-def test_user_category_context_by_hand():
-    # User 1: category 1 = view at 1h + buy at 48h, category 2 = view at 2h (HAND; the event
-    # at T is ignored). Short half-life 24h, long 336h.
-    context = user_category_context(HAND.filter(pl.col("event_time") < T), T, FeatureConfig())
-    row = context.filter(pl.col("user_id") == 1).sort("category_id")
-    short = np.array([2 ** (-1 / 24) + 4 * 2 ** (-48 / 24), 2 ** (-2 / 24)])
-    long = np.array([2 ** (-1 / 336) + 4 * 2 ** (-48 / 336), 2 ** (-2 / 336)])
-    np.testing.assert_allclose(row["ctx_share_short"], short / short.sum())
-    np.testing.assert_allclose(row["ctx_share_long"], long / long.sum())
-    np.testing.assert_allclose(row["ctx_rise"], short / short.sum() - long / long.sum())
-    np.testing.assert_allclose(row["ctx_recency"], [1 / 2, 1 / 3])
 
 
 def bought_items_come_back():
@@ -168,20 +154,10 @@ def test_blend_learns_that_bought_items_come_back():
     recs = blend.recommend(np.arange(30), 10)
     assert (recs[:, 0] == last_buy).mean() >= 0.9
     assert set(blend.feature_names_) >= {"repeat_score", "transition_rr", "category_present"}
-    assert not blend.segment_rankers_
-
-
-def test_segmented_blend_scores_each_segment_with_its_own_ranker():
-    events, as_of, last_buy = bought_items_come_back()
-    blend = CandidateBlend(segment_by="repeat_present", category_context=True).fit(events, as_of)
-    # Unseen candidates are never touched again here: that segment keeps the pooled ranker.
-    assert set(blend.segment_rankers_) == {1.0}
-    assert {"ctx_share_short", "ctx_rise"} <= set(blend.feature_names_)
+    # The baseline keeps its generators' own features: no category context (that is the
+    # learned policy's, in recsys.ranking).
+    assert not any(name.startswith("ctx_") for name in blend.feature_names_)
     table = blend.features(np.arange(30))
-    x = table.select(blend.feature_names_).to_numpy()
-    seen = table["repeat_present"].to_numpy() == 1.0
-    scores = blend.score(table)
-    np.testing.assert_allclose(scores[seen], blend.segment_rankers_[1.0].score(x[seen]))
-    np.testing.assert_allclose(scores[~seen], blend.ranker.score(x[~seen]))
-    assert not np.allclose(scores[seen], blend.ranker.score(x[seen]))
-    assert (blend.recommend(np.arange(30), 10)[:, 0] == last_buy).mean() >= 0.9
+    np.testing.assert_allclose(
+        blend.score(table), blend.ranker.score(table.select(blend.feature_names_).to_numpy())
+    )

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from recsys.evaluation.errors import EvaluationError
-from recsys.evaluation.metrics import evaluate, hits
-from recsys.evaluation.split import GroundTruth
+from recsys.evaluation.metrics import evaluate
+from recsys.ranking.frames import RankingError
+from recsys.ranking.metrics import GroundTruth, hits
 
 # user 1: truth {10, 20}; user 2: {30}; user 3: {40, 50, 60}
 TRUTH = GroundTruth(
@@ -58,10 +59,13 @@ def test_group_restricts_users_and_truth():
 
 
 def test_rejects_bad_recommendations():
-    with pytest.raises(EvaluationError, match="repeats"):
+    # The matrix checks moved to recsys.ranking.metrics, which raises RankingError.
+    with pytest.raises(RankingError, match="repeats"):
         evaluate({"m": np.array([[10, 10, 1], [1, 2, 3], [4, 5, 6]])}, TRUTH, ks=(3,))
-    with pytest.raises(EvaluationError, match="shape"):
+    with pytest.raises(RankingError, match="shape"):
         evaluate({"m": RECS[:2]}, TRUTH, ks=(3,))
+    with pytest.raises(RankingError, match="integer"):
+        evaluate({"m": RECS.astype(float)}, TRUTH, ks=(3,))
     with pytest.raises(EvaluationError, match="columns"):
         evaluate({"m": RECS}, TRUTH, ks=(5,))
     outsider = GroundTruth(np.array([7]), np.array([0, 1]), np.array([1]))

@@ -11,7 +11,7 @@ from recsys.evaluation.errors import EvaluationError
 from recsys.evaluation.metrics import evaluate
 from recsys.evaluation.plots import write_plots
 from recsys.evaluation.report import metrics_table, read_metrics_json, write_metrics_json
-from recsys.evaluation.split import GroundTruth
+from recsys.ranking.metrics import GroundTruth
 
 TRUTH = GroundTruth(np.array([1, 2]), np.array([0, 1, 3]), np.array([10, 20, 30]))
 NOVEL = GroundTruth(np.array([2]), np.array([0, 1]), np.array([30]))

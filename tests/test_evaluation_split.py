@@ -9,12 +9,13 @@ from event_frames import T, frame
 
 from recsys.evaluation.errors import EvaluationError
 from recsys.evaluation.split import (
-    GroundTruth,
     TimeSplit,
     build_evaluation_set,
     day_split,
     last_day_split,
 )
+from recsys.ranking.frames import RankingError
+from recsys.ranking.metrics import GroundTruth
 
 
 def test_shanghai_day_split_is_16h_utc():
@@ -76,10 +77,11 @@ def test_no_overlapping_users_is_an_error():
 
 def test_unknown_behaviour_is_an_error():
     events = frame([(1, 1, 1, "click", -1)])
-    with pytest.raises(EvaluationError, match="unknown behaviours"):
+    # The event checks moved to recsys.ranking.frames, which raises RankingError.
+    with pytest.raises(RankingError, match="unknown behaviours"):
         build_evaluation_set(events, TimeSplit(T, T + timedelta(days=1)))
 
 
 def test_ground_truth_rejects_users_without_items():
-    with pytest.raises(EvaluationError, match="without"):
+    with pytest.raises(RankingError, match="without"):
         GroundTruth(np.array([1, 2]), np.array([0, 1, 1]), np.array([5]))

@@ -1,7 +1,9 @@
-"""The learned interest model: protocol, no leakage, point-in-time training rows, save/load,
-write-back frame and a win over popularity on simulated interest shifts.
+"""The learned interest model: protocol, no leakage, point-in-time training rows, the policy
+chosen on validation, save/load, the ranked rows `recsys score` writes back and a win over
+popularity on simulated interest shifts.
 
-One small simulation is fitted once per module (TensorFlow training dominates the run time).
+One small simulation is fitted once per module with a tiny configuration (TensorFlow training
+dominates the run time); the win over popularity trains the default one.
 """
 
 from __future__ import annotations
@@ -15,9 +17,23 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from recsys.models import data as learned_data  # noqa: E402
-from recsys.models.interest import InterestModel  # noqa: E402
+from recsys.models.artifacts import ArtifactError  # noqa: E402
+from recsys.models.gnn import GnnConfig  # noqa: E402
+from recsys.models.interest import InterestConfig, InterestModel  # noqa: E402
+from recsys.models.two_tower import TwoTowerConfig  # noqa: E402
+from recsys.ranking.policy import OUTPUT_COLUMNS, SIMPLE_POLICIES  # noqa: E402
+from recsys.ranking.select import choose  # noqa: E402
 from recsys.warehouse.simulate import SimulationConfig, simulate  # noqa: E402
 from recsys.warehouse.writeback import SOURCES  # noqa: E402
+
+TINY = InterestConfig(
+    policies=("repeat", "blend", "learned"),
+    gnn=GnnConfig(hidden_dim=8, epochs=1, batch_size=4096, show_progress=False),
+    towers=TwoTowerConfig(
+        embedding_dim=8, user_hash_bins=1000, epochs=1, batch_size=256, show_progress=False
+    ),
+    show_progress=False,
+)
 
 K = 20
 
@@ -48,7 +64,7 @@ def fitted(events, as_of):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(learned_data, "load_events", spy)
-        model = InterestModel().fit(events, as_of)
+        model = InterestModel(TINY).fit(events, as_of)
     return model, seen
 
 
@@ -95,14 +111,32 @@ def test_training_rows_are_point_in_time(fitted, events):
     )
 
 
-def test_save_load_round_trip(fitted, events, as_of, tmp_path):
+def test_the_served_policy_is_chosen_on_validation(fitted):
     model, _ = fitted
-    users = np.unique(events.filter(pl.col("event_time") < as_of)["user_id"].to_numpy())
+    assert set(model.validation_) == {"repeat", "blend", "learned"}
+    assert model.policy_ == choose(model.validation_, simple=SIMPLE_POLICIES)
+    assert model.policy_ == model.ranking_.spec.name
+    assert model.summary() == {"policy": model.policy_, "validation": model.validation_}
+    assert all(f["n_users"] > 0 for f in model.validation_.values())
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    model, _ = fitted
     saved = model.save(tmp_path / "models" / "interest_v1-test")
     assert (saved / "manifest.json").exists() and (saved / "query_tower").is_dir()
+    assert (saved / "ranking.json").exists() and (saved / "tables" / "items.parquet").exists()
     assert not [p for p in saved.parent.iterdir() if p.name.startswith(".")]
     loaded = InterestModel.load(saved)
-    np.testing.assert_array_equal(loaded.recommend(users, K), model.recommend(users, K))
+    assert loaded.policy_ == model.policy_ and loaded.as_of_ == model.as_of_
+    assert loaded.validation_ == model.validation_
+    # The loaded ranking ranks the same profiles the same way (the ANN search, when the
+    # policy has one, now runs on the saved query tower and item embeddings).
+    want = model.ranking_.rank(model.profiles_, K)
+    got = loaded.ranking_.rank(model.profiles_, K)
+    assert got.select("user_id", "rank", "item_id", "source").equals(
+        want.select("user_id", "rank", "item_id", "source")
+    )
+    np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), atol=1e-6)
     # The exported TFRS index (query tower inside) agrees with the service's numpy index.
     from recsys.models.index import load_index
     from recsys.models.saved import SavedRetrieval
@@ -110,13 +144,28 @@ def test_save_load_round_trip(fitted, events, as_of, tmp_path):
     sample = model.retriever_.sample_query
     scores, ids = load_index(saved / "index")({k: tf.constant(v) for k, v in sample.items()})
     query = model.retriever_.query_tower(sample, training=False).numpy()
-    expected_ids, expected_scores = SavedRetrieval(saved).index.index.top_k(query, ids.shape[1])
+    expected_ids, expected_scores = SavedRetrieval(saved).index.top_k(query, ids.shape[1])
     np.testing.assert_array_equal(ids.numpy(), expected_ids)
     np.testing.assert_allclose(scores.numpy(), expected_scores, rtol=1e-5, atol=1e-5)
 
 
+def test_saved_retrieval_embeds_profiles_as_the_fitted_towers(fitted, tmp_path):
+    """Train/serve consistency: the saved query tower on profile rows (one row, as a request,
+    or a batch, as scoring) gives the embeddings the in-memory towers compute as of as_of."""
+    from recsys.models.saved import SavedRetrieval
+
+    model, _ = fitted
+    saved = SavedRetrieval(model.save(tmp_path / "models" / "interest_v1-test"))
+    profiles = model.profiles_.head(5)
+    want = model.retriever_.embed_profiles(profiles, model.as_of_)
+    np.testing.assert_allclose(saved.embed(profiles), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(saved.embed(profiles.head(1)), want[:1], rtol=1e-4, atol=1e-5)
+    found = saved.search(profiles, 7)
+    assert found.columns == ["user_id", "item_id", "ann_score"] and found.height == 35
+
+
 def test_load_rejects_a_folder_without_manifest(tmp_path):
-    with pytest.raises(learned_data.LearnedModelError, match="manifest"):
+    with pytest.raises(ArtifactError, match="manifest"):
         InterestModel.load(tmp_path)
 
 
@@ -189,25 +238,20 @@ def test_query_row_encoding_rejects_an_unknown_behaviour(fitted):
         )
 
 
-def test_recommend_frame_schema_sources_and_reasons(fitted, events, as_of):
+def test_ranked_rows_schema_sources_and_reasons(fitted, events, as_of):
+    """The rows `recsys score` writes back: ``ranking_.rank`` on the profiles as of as_of."""
     model, _ = fitted
-    users = np.unique(events.filter(pl.col("event_time") < as_of)["user_id"].to_numpy())[:40]
-    frame = model.recommend_frame(users, K)
-    assert frame.columns == [
-        "user_id",
-        "rank",
-        "item_id",
-        "score",
-        "category_id",
-        "source",
-        "reason",
-    ]
+    profiles = model.profiles_.head(40)
+    users = profiles["user_id"].to_numpy()
+    frame = model.ranking_.rank(profiles, K)
+    assert frame.columns == [*OUTPUT_COLUMNS, "reason"]
     assert frame.height == len(users) * K
     np.testing.assert_array_equal(
         frame.sort("user_id", "rank")["item_id"].to_numpy().reshape(len(users), K),
         model.recommend(users, K),
     )
     assert set(frame["source"].unique()) <= set(SOURCES)
+    assert all(row[0] == first for first, row in frame.select("source", "sources").iter_rows())
     assert frame["reason"].str.len_chars().min() > 0
     # "repeat" means the user touched the item before as_of.
     touched = events.filter(pl.col("event_time") < as_of).select("user_id", "item_id").unique()
@@ -215,18 +259,30 @@ def test_recommend_frame_schema_sources_and_reasons(fitted, events, as_of):
     assert repeats.height and repeats.join(touched, on=["user_id", "item_id"]).height == (
         repeats.height
     )
-    assert frame.filter(pl.col("source") == "ann").height > 0
+    if model.policy_ == "learned":
+        assert frame.filter(pl.col("sources").list.contains("ann")).height > 0
 
 
-def test_migrated_users_get_a_migration_reason(fitted):
+def test_moved_users_get_a_migration_reason(fitted):
+    """Users whose short-horizon top category differs from the long one: their items of the
+    category the interest moved to give the move as their reason."""
     model, _ = fitted
-    migrated = model.migrations_
-    if migrated.is_empty():
-        pytest.skip("no migration detected in the week before as_of in this simulation")
-    frame = model.recommend_frame(migrated["user_id"].to_numpy(), K).join(migrated, on="user_id")
+    short = "user_interest_shift__top_category_short"
+    long = "user_interest_shift__top_category_long"
+    moved = model.profiles_.filter(pl.col(short) != pl.col(long))
+    if moved.is_empty():
+        pytest.skip("no user's interest moved before as_of in this simulation")
+    frame = model.ranking_.rank(moved, K).join(
+        moved.select("user_id", pl.col(short).alias("to_category_id")), on="user_id"
+    )
     new_category = frame.filter(pl.col("category_id") == pl.col("to_category_id"))
     assert new_category.height
     assert new_category["reason"].str.contains("you moved from").all()
+    assert (
+        not frame.filter(pl.col("category_id") != pl.col("to_category_id"))["reason"]
+        .str.contains("you moved from")
+        .any()
+    )
 
 
 def test_beats_popularity_on_shift_users(tmp_path):

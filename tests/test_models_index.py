@@ -1,4 +1,5 @@
-"""Top-k index: brute-force oracle, ScaNN path, SavedModel round trip, candidate scoring."""
+"""Top-k index: brute-force oracle, ScaNN path, SavedModel round trip, candidate scoring, the
+ANN source's search frame."""
 
 from __future__ import annotations
 
@@ -101,3 +102,16 @@ def test_scann_builds_one_layer_for_several_k_and_their_prefixes_agree(monkeypat
     # A k beyond the layer's rebuilds it once for that k.
     assert index.top_k(queries, k=300)[0].shape == (20, 300)
     assert built == [ix.SCANN_LAYER_MIN_K, 300]
+
+
+def test_search_frame_lists_each_users_best_items_with_their_scores():
+    index = ix.EmbeddingIndex(IDS, EMB, method="brute_force")
+    frame = ix.search_frame(np.array([7, 9]), np.array([[1.0, 0.5], [-2.0, 0.0]]), index, 2)
+    assert frame.columns == ["user_id", "item_id", "ann_score"]
+    assert frame["user_id"].to_list() == [7, 7, 9, 9]
+    assert frame["item_id"].to_list() == [303, 101, 404, 202]
+    np.testing.assert_allclose(frame["ann_score"].to_numpy(), [1.05, 1.0, 2.0, 0.0], rtol=1e-6)
+    # n beyond the catalogue: every item once; no users: an empty frame of the same schema.
+    assert ix.search_frame(np.array([7]), np.array([[1.0, 0.5]]), index, 99).height == len(IDS)
+    empty = ix.search_frame(np.array([], np.int64), np.zeros((0, 2)), index, 3)
+    assert empty.is_empty() and empty.columns == frame.columns

@@ -24,14 +24,20 @@ import pytest
 from fastapi.testclient import TestClient
 from feature_helpers import load_events
 
+from recsys.config import FeatureConfig
 from recsys.features.materialize import materialize
 from recsys.features.read import OnlineReader, online_features
 from recsys.features.repo import feature_store
 from recsys.home import resolve_home
-from recsys.serving.app import RecommendationsOut, create_app
-from recsys.serving.candidates import AnnSource
+from recsys.ranking.policy import POLICIES, Ranking
+from recsys.ranking.profiles import profiles_from_features
+from recsys.ranking.ranker import LogisticRanker
+from recsys.ranking.tables import ItemTables
+from recsys.serving.app import create_app
 from recsys.serving.catalogue import load_catalogue
 from recsys.serving.inbox import EventInbox
+from recsys.serving.schemas import RecommendationsOut
+from recsys.serving.service import ModelState
 from recsys.serving.settings import ServiceSettings, ServingError
 from recsys.warehouse.build import build
 from recsys.warehouse.simulate import SimulationConfig, simulate
@@ -60,9 +66,49 @@ def home(template, tmp_path):
     return copy, events
 
 
-def _client(paths, **overrides) -> TestClient:
+def _client(paths, model: ModelState | None = None, **overrides) -> TestClient:
     settings = ServiceSettings(paths=paths, **{"drain_interval_s": 3600.0, **overrides})
-    return TestClient(create_app(settings))
+    return TestClient(create_app(settings, model=model))
+
+
+def _hand_ranker(weights: dict[str, float]) -> LogisticRanker:
+    """A logistic ranker with the given weights on sign(x) log1p(|x|) of the named features."""
+    return LogisticRanker.from_dict(
+        {
+            "kind": "logistic",
+            "l2": 0.0,
+            "mean": [0.0] * len(weights),
+            "scale": [1.0] * len(weights),
+            "weights": [*weights.values(), 0.0],
+        }
+    )
+
+
+def _model(
+    events: pd.DataFrame,
+    policy: str,
+    weights: dict[str, float],
+    ann=None,
+    version: str = "hand-made",
+) -> ModelState:
+    """A ranking of ``policy`` over item tables from ``events``, ordered by a hand-set ranker
+    (what `recsys train` would fit), served as ``version``."""
+    frame = pl.from_pandas(events[["user_id", "item_id", "category_id", "behavior", "event_time"]])
+    as_of = frame["event_time"].max() + timedelta(microseconds=1)
+    tables = ItemTables.from_events(frame, as_of, FeatureConfig())
+    ranking = Ranking(
+        POLICIES[policy],
+        FeatureConfig(),
+        tables,
+        ann=ann,
+        ranker=_hand_ranker(weights),
+        feature_names=tuple(weights),
+    )
+    return ModelState(ranking, version, f"loaded: {version} (policy {policy})")
+
+
+# The category source's items outrank the user's own ones, popular items come last.
+CATEGORY_FIRST = {"repeat_score": 1.0, "category_score": 100.0, "popular_rr": 0.1}
 
 
 def _service_events(paths) -> pd.DataFrame:
@@ -121,13 +167,17 @@ def test_recommendations_for_a_known_user(home):
         response = client.get(f"/v1/users/{user}/recommendations", params={"k": 15})
     assert response.status_code == 200
     body = RecommendationsOut.model_validate(response.json())
+    assert body.model_version == "none" and body.ranker == "repeat"  # no model: repeat policy
     assert not body.cold_start and len(body.items) == 15
     assert len({i.item_id for i in body.items}) == 15
     scores = [i.score for i in body.items]
     assert scores == sorted(scores, reverse=True)
-    assert {i.source for i in body.items} <= {"repeat", "category", "popular"}
+    assert {i.source for i in body.items} <= {"repeat", "popular"}
     seen = set(events[events.user_id == user].item_id)
     assert all(i.source != "repeat" or i.item_id in seen for i in body.items)
+    # The user's own items first, then popular ones.
+    sources = [i.source for i in body.items]
+    assert sources == sorted(sources, key=lambda s: s != "repeat")
     assert all(i.reason for i in body.items)
 
 
@@ -137,7 +187,7 @@ def test_cold_start_gets_trending_items(home):
         want = [
             r[0]
             for r in con.execute(
-                "select item_id from item_stats order by pop_short desc, item_id limit 7"
+                "select item_id from item_stats order by pop_long desc, item_id limit 7"
             ).fetchall()
         ]
     with _client(paths) as client:
@@ -149,29 +199,38 @@ def test_cold_start_gets_trending_items(home):
 
 def test_a_new_category_shows_up_within_the_call(home):
     """A user with a day-old interest in category A starts browsing category B: the refreshed
-    top-k of that very call holds B's popular items."""
+    top-k of that very call holds B's popular items (the category source of the served blend
+    policy reads the updated short-horizon interests), next to A's."""
     paths, events = home
     user = 900_001
     old, new = _categories_by_size(events)[:2]
-    item = int(events[events.category_id == new].item_id.iloc[0])
+    items = events[events.category_id == new].drop_duplicates("item_id").item_id.head(4).tolist()
     start = events.event_time.max().to_pydatetime()
-    with _client(paths) as client:
+    with _client(paths, _model(events, "blend", CATEGORY_FIRST)) as client:
         _post_history(client, events, user, old, start)
         before = client.get(f"/v1/users/{user}/recommendations").json()
+        assert before["ranker"] == "blend" and before["model_version"] == "hand-made"
         assert new not in {i["category_id"] for i in before["items"]}
         when = start + timedelta(days=1)
+        batch = [
+            {
+                "user_id": user,
+                "item_id": int(item),
+                "behavior": "cart" if i % 2 else "view",
+                "event_time": str(when + timedelta(minutes=i)),
+            }
+            for i, item in enumerate(items)
+        ]
         response = client.post(
-            "/v1/events",
-            params={"return_recommendations": "true"},
-            json={"user_id": user, "item_id": item, "behavior": "view", "event_time": str(when)},
+            "/v1/events", params={"return_recommendations": "true"}, json={"events": batch}
         )
         assert response.status_code == 200
         body = response.json()
-        assert body["results"][0]["outcome"] == "applied"
+        assert {r["outcome"] for r in body["results"]} == {"applied"}
         [recs] = body["recommendations"]
         fresh = [i for i in recs["items"] if i["category_id"] == new]
-        # Not only the viewed item itself: the category's popular items came with it.
-        assert len([i for i in fresh if i["item_id"] != item]) >= 3
+        # Not only the browsed items themselves: the category's popular items came with them.
+        assert len([i for i in fresh if i["item_id"] not in items]) >= 3
         assert any(i["source"] == "category" for i in fresh)
         assert old in {i["category_id"] for i in recs["items"]}  # the old interest stays
         again = client.get(f"/v1/users/{user}/recommendations").json()
@@ -303,7 +362,7 @@ def test_interests_and_migrations(home):
     user = 900_002
     old, new = _categories_by_size(events)[:2]
     start = events.event_time.max().to_pydatetime()
-    with _client(paths) as client:
+    with _client(paths, _model(events, "blend", CATEGORY_FIRST)) as client:
         body = client.get(f"/v1/users/{known}/interests").json()
         assert [c["category_id"] for c in body["short"]] == want[
             "user_interest_short__top_categories_short"
@@ -359,30 +418,50 @@ def test_missing_home_fails_clearly(tmp_path):
         create_app(ServiceSettings(paths=resolve_home(tmp_path)))
 
 
-def test_ann_source_plugs_in(home):
-    """An injected query function + index: its items come back as "ann" candidates."""
-    paths, events = home
-    from recsys.models.index import EmbeddingIndex
-    from recsys.models.saved import IndexSearch
+class RandomQueries:
+    """An ``AnnSearch`` over random item embeddings with one random query per user."""
 
+    def __init__(self, item_ids: np.ndarray, seed: int = 0) -> None:
+        from recsys.models.index import EmbeddingIndex
+
+        self.rng = np.random.default_rng(seed)
+        embeddings = self.rng.standard_normal((len(item_ids), 8)).astype(np.float32)
+        self.index = EmbeddingIndex(item_ids, embeddings, method="brute_force")
+        self.calls: list[set[int]] = []  # the users of each search
+
+    def search(self, profiles: pl.DataFrame, n: int) -> pl.DataFrame:
+        from recsys.models.index import search_frame
+
+        self.calls.append(set(profiles["user_id"].to_list()))
+        queries = self.rng.standard_normal((profiles.height, 8)).astype(np.float32)
+        return search_frame(profiles["user_id"].to_numpy(), queries, self.index, n)
+
+
+def test_an_injected_model_with_an_ann_source_is_served(home):
+    """A learned-policy ranking with an ANN search plugs in: its items come back as "ann"
+    candidates, and the answer names the model and its policy."""
+    paths, events = home
     catalogue = load_catalogue(paths, lock_timeout_s=5)
-    rng = np.random.default_rng(0)
-    embeddings = rng.standard_normal((len(catalogue), 8)).astype(np.float32)
-    query_vector = rng.standard_normal(8).astype(np.float32)
-    index = IndexSearch(EmbeddingIndex(catalogue.item_ids, embeddings, method="brute_force"))
-    ann = AnnSource(lambda profile: query_vector, index, catalogue)
+    ann = RandomQueries(catalogue.item_ids)
+    model = _model(events, "learned", {"ann_score": 10.0, "repeat_score": 1.0}, ann, "stub-ann")
     user = int(events.user_id.iloc[0])
     settings = ServiceSettings(paths=paths, drain_interval_s=3600.0)
-    with TestClient(create_app(settings, ann=ann, catalogue=catalogue)) as client:
-        assert client.get("/readyz").json()["model"].startswith("loaded: IndexSearch")
-        items = client.get(f"/v1/users/{user}/recommendations", params={"k": 50}).json()["items"]
-    assert "ann" in {s for i in items for s in i["sources"]}
+    with TestClient(create_app(settings, model=model, catalogue=catalogue)) as client:
+        assert client.get("/readyz").json()["model"] == "loaded: stub-ann (policy learned)"
+        body = client.get(f"/v1/users/{user}/recommendations", params={"k": 50}).json()
+        cold = client.get("/v1/users/987654321/recommendations", params={"k": 5}).json()
+    assert body["model_version"] == "stub-ann" and body["ranker"] == "learned"
+    assert "ann" in {s for i in body["items"] for s in i["sources"]}
+    assert ann.calls == [{user}]  # one search per request; a cold-start user is not searched
+    assert cold["cold_start"] and cold["model_version"] == "stub-ann"
 
 
 @pytest.fixture(scope="module")
 def trained(template, tmp_path_factory):
-    """A copy of the template home with a tiny interest model trained on it (``recsys train``)."""
+    """A copy of the template home with a tiny interest model trained on it (``recsys train``);
+    the learned policy (the one with the ANN source) is served whatever the validation says."""
     pytest.importorskip("tensorflow")
+    from recsys.models import interest
     from recsys.models.gnn import GnnConfig
     from recsys.models.interest import InterestConfig
     from recsys.models.training import train_home
@@ -397,35 +476,52 @@ def trained(template, tmp_path_factory):
             embedding_dim=8, user_hash_bins=1000, epochs=1, batch_size=256, show_progress=False
         ),
         show_progress=False,
+        policies=("repeat", "blend", "learned"),
     )
-    return copy, events, train_home(copy, config=config)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(interest, "choose", lambda figures, **_: "learned")
+        report = train_home(copy, config=config)
+    return copy, events, report
 
 
 def test_a_trained_model_is_loaded_and_retrieves(trained, tmp_path):
-    """`recsys serve` after `recsys train`: /readyz names the model, "ann" candidates appear,
-    and the query embedding of the online profile is the one the model computed in training."""
-    from recsys.models.interest import InterestModel
+    """`recsys serve` after `recsys train`: /readyz names the model and its policy, "ann"
+    candidates appear, and the query tower on the ONLINE profile agrees with training's batch
+    encoding and with the exported TFRS index (query tower inside)."""
+    import tensorflow as tf
+
+    from recsys.models.index import load_index
     from recsys.models.saved import SavedRetrieval
 
     template_paths, events, report = trained
     paths = resolve_home(tmp_path / "home")
     shutil.copytree(template_paths.home, paths.home)
-    user = int(events.user_id.iloc[0])
+    users = [int(u) for u in events.user_id.unique()[:2]]
     with _client(paths) as client:
-        assert client.get("/readyz").json()["model"] == f"loaded: {report.version}"
-        items = client.get(f"/v1/users/{user}/recommendations", params={"k": 50}).json()["items"]
-    assert "ann" in {s for i in items for s in i["sources"]}
+        ready = client.get("/readyz").json()["model"]
+        assert ready == f"loaded: {report.version} (policy learned)"
+        body = client.get(f"/v1/users/{users[0]}/recommendations", params={"k": 50}).json()
+    assert body["model_version"] == report.version and body["ranker"] == "learned"
+    assert "ann" in {s for i in body["items"] for s in i["sources"]}
 
-    # Train/serve consistency: the saved tower on the ONLINE features reproduces the
-    # embedding the fitted ANN generator computed from Feast historical features at as_of.
-    saved = paths.models / report.version
-    [ann] = [g for g in InterestModel.load(saved).blend_.generators if g.name == "ann"]
-    store = feature_store(paths)
-    profile = OnlineReader(store).read(user)
-    row = int(np.searchsorted(ann.user_ids_, user))
-    assert ann.user_ids_[row] == user
+    saved = SavedRetrieval(paths.models / report.version)
+    reader = OnlineReader(feature_store(paths))
+    rows = [(u, p.as_of, p.features) for u in users if (p := reader.read(u)) is not None]
+    assert len(rows) == 2
+    profiles = profiles_from_features(rows)
+    # A request encodes one row (encode_query_row), training and scoring whole frames.
+    one = saved.embed(profiles.head(1))
+    both = saved.embed(profiles)
+    np.testing.assert_allclose(one[0], both[0], rtol=1e-5, atol=1e-6)
+    ids = profiles["user_id"].to_numpy()
+    queries = saved.encoder.encode_queries(profiles, saved.gnn_user_rows(ids))
+    index = load_index(paths.models / report.version / "index")
+    scores, items = index({k: tf.constant(v) for k, v in queries.items()})
+    n = items.shape[1]
+    found = saved.search(profiles, n)
+    np.testing.assert_array_equal(found["item_id"].to_numpy(), items.numpy().ravel())
     np.testing.assert_allclose(
-        SavedRetrieval(saved).query(profile), ann.users_[row], rtol=1e-4, atol=1e-5
+        found["ann_score"].to_numpy(), scores.numpy().ravel(), rtol=1e-4, atol=1e-5
     )
 
 
@@ -535,6 +631,7 @@ def test_analysts_read_while_events_are_posted(home):
                 "score": [0.5],
                 "category_id": [3],
                 "source": ["popular"],
+                "sources": [["popular"]],
                 "reason": ["popular right now"],
             }
         ),

@@ -433,3 +433,158 @@ def test_taobao_sample_builds_and_passes_data_tests(tmp_path):
     failures = {name: n for name, n in run_data_tests(con).items() if n}
     con.close()
     assert failures == {}
+
+
+# --- category transitions ---
+
+MINUTE = timedelta(minutes=1)
+CATEGORY_TRANSITION_COLUMNS = (
+    "select src_category_id, dst_category_id, n_session, w_session, n_migration, w_migration, "
+    "weight, p, rank from category_transitions order by src_category_id, rank"
+)
+
+
+def category_transition_events() -> list[tuple]:
+    """Two users' sessions (one session-less, one with interleaved source sessions), a user whose
+    history migrates from category 80 to 90, and one who moves 80 -> 90 inside a session."""
+    migrating = [(3, 300 + h, 80, "view", T0 + timedelta(days=1, hours=h), None) for h in range(20)]
+    migrating += [
+        (3, 400 + h, 90, "view", T0 + timedelta(days=1, hours=h), None) for h in range(20, 25)
+    ]
+    return [
+        # user 1: gap sessions
+        (1, 1, 10, "view", T0, None),
+        (1, 2, 20, "cart", T0 + 10 * MINUTE, None),  # 10 -> 20, weight 3
+        (1, 3, 20, "view", T0 + 15 * MINUTE, None),  # same category: no change
+        (1, 4, 10, "buy", T0 + 20 * MINUTE, None),  # 20 -> 10, weight 4
+        (1, 5, 30, "view", T0 + 2 * HOUR, None),  # 100 min gap: a new session, no change
+        (1, 6, 10, "fav", T0 + 2 * HOUR + 5 * MINUTE, None),  # 30 -> 10, weight 2
+        (1, 7, 30, "view", AS_OF - 5 * MINUTE, None),  # a new session
+        (1, 8, 70, "view", AS_OF - timedelta(microseconds=1), None),  # 30 -> 70, weight 1
+        # user 2: source sessions s1 and s2 and session-less events, interleaved
+        (2, 11, 10, "view", T0, "s1"),
+        (2, 12, 30, "view", T0 + 1 * MINUTE, "s2"),
+        (2, 13, 20, "view", T0 + 2 * MINUTE, "s1"),  # s1: 10 -> 20, weight 1
+        (2, 14, 40, "view", T0 + 3 * MINUTE, None),
+        (2, 15, 10, "cart", T0 + 4 * MINUTE, "s2"),  # s2: 30 -> 10, weight 3
+        (2, 16, 10, "view", T0 + 5 * MINUTE, None),  # session-less: 40 -> 10, weight 1
+        (2, 17, 20, "view", T0 + 6 * MINUTE, None),  # session-less: 10 -> 20, weight 1
+        # user 4: 80 -> 90 within a session, weight 1
+        (4, 80, 80, "view", T0, None),
+        (4, 90, 90, "view", T0 + MINUTE, None),
+        *migrating,
+    ]
+
+
+def test_category_transitions_match_hand_computation(tmp_path):
+    paths = home(tmp_path)
+    load_events(paths, category_transition_events())
+    build(paths, as_of=AS_OF, export=False)
+    # user 3: 20 hourly events in 80 (separate sessions), then hourly ones in 90; the fifth event
+    # in 90 (hour 24) is the detection, and its strength is 90's short-horizon share after it
+    short = [2 ** (h / 24) for h in range(25)]
+    strength = sum(short[20:]) / sum(short)
+    assert query(
+        paths, "select from_category_id, to_category_id, strength from interest_migrations"
+    )[0] == (80, 90, pytest.approx(strength, abs=1e-9))
+    w_80_90 = 1 + 5.0 * strength
+    expected = [
+        # src, dst, n_session, w_session, n_migration, w_migration, weight, p, rank
+        (10, 20, 3, 5.0, 0, 0.0, 5.0, 1.0, 1),
+        (20, 10, 1, 4.0, 0, 0.0, 4.0, 1.0, 1),
+        (30, 10, 2, 5.0, 0, 0.0, 5.0, 5 / 6, 1),
+        (30, 70, 1, 1.0, 0, 0.0, 1.0, 1 / 6, 2),
+        (40, 10, 1, 1.0, 0, 0.0, 1.0, 1.0, 1),
+        (80, 90, 1, 1.0, 1, strength, w_80_90, 1.0, 1),
+    ]
+    got = query(paths, CATEGORY_TRANSITION_COLUMNS)
+    assert [row[:3] + row[4:5] + row[8:] for row in got] == [
+        row[:3] + row[4:5] + row[8:] for row in expected
+    ]
+    for got_row, want in zip(got, expected, strict=True):
+        assert got_row[3] == pytest.approx(want[3], abs=1e-12)
+        assert got_row[5:8] == pytest.approx(want[5:8], abs=1e-9)
+
+
+def test_category_transitions_ignore_events_at_or_after_as_of(tmp_path):
+    paths = home(tmp_path)
+    events = category_transition_events()
+    load_events(paths, events)
+    build(paths, as_of=AS_OF, export=False)
+    before = query(paths, CATEGORY_TRANSITION_COLUMNS)
+    later = [
+        (1, 9, 50, "buy", AS_OF, None),  # 1 us after user 1's 70: would be 70 -> 50
+        (2, 18, 60, "view", AS_OF, "s1"),  # would be s1's 20 -> 60
+        (2, 19, 10, "view", AS_OF + MINUTE, None),  # would be 20 -> 10
+    ]
+    load_events(paths, later)
+    build(paths, as_of=AS_OF, export=False)
+    assert query(paths, CATEGORY_TRANSITION_COLUMNS) == before
+    # the same events do count once as_of is past them, so the check above can fail
+    build(paths, export=False)
+    pairs = {row[:2]: row[2] for row in query(paths, CATEGORY_TRANSITION_COLUMNS)}
+    assert (pairs[(70, 50)], pairs[(20, 60)], pairs[(20, 10)]) == (1, 1, 1)
+
+
+def test_category_transitions_equal_a_lag_over_sessions(tmp_path):
+    """The mart finds each event's session predecessor without a sort; a lag over the sessions of
+    int_sessionized_events must agree, with sessions interleaved by dropping some session ids."""
+    events = small_simulation(days=5).events
+    dropped = (pl.col("item_id") % 3 == 0) | (pl.col("user_id") % 4 == 0)
+    events = events.with_columns(
+        pl.when(dropped).then(None).otherwise(pl.col("session_id")).alias("session_id")
+    )
+    paths = home(tmp_path)
+    load_events(paths, events)
+    build(paths, export=False)
+    reference = query(
+        paths,
+        """
+        with steps as (
+            select
+                lag(category_id) over (
+                    partition by user_id, session_key order by user_event_number
+                ) as src,
+                category_id as dst,
+                weight
+            from live.int_sessionized_events
+            inner join live.stg_behavior_weights using (behavior)
+            qualify src is not null and src <> dst
+        )
+        select src, dst, count(*), sum(weight) from steps group by all order by all
+        """,
+    )
+    got = query(
+        paths,
+        "select src_category_id, dst_category_id, n_session, w_session from category_transitions "
+        "where n_session > 0 order by all",
+    )
+    interleaved = query(
+        paths,
+        """
+        select count(*) from live.int_ordered_events as e
+        inner join live.int_ordered_events as p
+            on p.user_id = e.user_id and p.user_event_number = e.user_event_number - 1
+        where e.previous_item_in_session is not null
+            and p.session_id is distinct from e.session_id
+        """,
+    )[0][0]
+    assert interleaved > 100 and len(reference) > 50
+    assert got == reference
+
+
+def test_category_transition_data_tests_catch_a_broken_mart(tmp_path):
+    paths = home(tmp_path)
+    load_events(paths, category_transition_events())
+    build(paths, as_of=AS_OF, export=False)
+    con = connect(paths)
+    con.execute("insert into category_transitions select * from category_transitions limit 1")
+    con.execute("update category_transitions set p = p * 1.01 where src_category_id = 30")
+    con.execute("update category_transitions set n_session = -1 where src_category_id = 40")
+    failures = {name for name, n in run_data_tests(con).items() if n}
+    con.close()
+    assert failures >= {
+        "category_transitions_counts",
+        "category_transitions_grain_unique",
+        "category_transitions_normalised",
+    }

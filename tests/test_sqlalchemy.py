@@ -16,6 +16,7 @@ from sqlalchemy.pool import NullPool
 
 import recsys.warehouse.writeback as wb
 from recsys.home import Paths, resolve_home
+from recsys.ranking.reasons import reason_for
 
 AS_OF = datetime(2026, 1, 15)
 
@@ -113,15 +114,19 @@ LATEST = [
 
 def as_recs(rows: list[tuple]) -> pl.DataFrame:
     reasons = [
-        wb.reason_for(source, from_category=10, to_category=20)
+        reason_for(source, category=20, moved_from=10)
         if (user, category) == (1, 20)
-        else wb.reason_for(source, category=category)
+        else reason_for(source, category=category)
         for user, _, _, category, source in rows
     ]
     frame = pl.DataFrame(
         rows, schema=["user_id", "rank", "item_id", "category_id", "source"], orient="row"
     )
-    return frame.with_columns(score=1.0 / pl.col("rank"), reason=pl.Series(reasons))
+    return frame.with_columns(
+        score=1.0 / pl.col("rank"),
+        sources=pl.concat_list("source"),
+        reason=pl.Series(reasons),
+    )
 
 
 @pytest.fixture

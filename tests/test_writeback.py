@@ -22,13 +22,16 @@ from recsys.warehouse import connect as warehouse
 from recsys.warehouse.build import build
 from recsys.warehouse.connect import WarehouseBusyError
 from recsys.warehouse.ingest import ingest_file
+from recsys.warehouse.schema import SOURCES
 
 AS_OF = datetime(2026, 1, 8)
 K = 3
 
 
 def make_recs(users: range, *, item_offset: int = 0) -> pl.DataFrame:
-    """K rows per user: item 1000*user + rank + offset, score 2^-rank, category user % 3.
+    """K rows per user: item 1000*user + rank + offset, score 2^-rank, category user % 3,
+    source SOURCES[rank % 3] (ranks 1, 2, 3: transition, category, repeat); the rank-1 item was
+    also proposed by the popular source.
 
     Scores are powers of two so that a float32 round trip keeps them exact.
     """
@@ -39,7 +42,8 @@ def make_recs(users: range, *, item_offset: int = 0) -> pl.DataFrame:
             "item_id": 1000 * user + rank + item_offset,
             "score": 2.0**-rank,
             "category_id": user % 3,
-            "source": wb.SOURCES[rank % 3],
+            "source": SOURCES[rank % 3],
+            "sources": [SOURCES[rank % 3], *(["popular"] if rank == 1 else [])],
             "reason": f"reason {user}/{rank}",
         }
         for user in users
@@ -61,7 +65,7 @@ def query(paths: Paths, sql: str) -> list[tuple]:
 def stored(paths: Paths, table: str = "recommendations") -> list[tuple]:
     return query(
         paths,
-        f"select run_id, user_id, rank, item_id, score, category_id, source, reason "
+        f"select run_id, user_id, rank, item_id, score, category_id, source, sources, reason "
         f"from {table} order by all",
     )
 
@@ -95,9 +99,18 @@ def test_round_trip_of_one_run(paths: Paths) -> None:
 
     run = report.run
     assert (run.run_id, run.n_users, run.n_rows) == (1, 4, 12)
-    # ranks 1, 2, 3 get sources ann, popular, repeat for each of the 4 users
-    assert run.counts == {"repeat": 4, "ann": 4, "popular": 4}
+    # ranks 1, 2, 3 get sources transition, category, repeat for each of the 4 users; counts
+    # are by first source only, so the popular in the rank-1 items' sources does not count
+    assert run.counts == {
+        "repeat": 4,
+        "transition": 4,
+        "category": 4,
+        "next_category": 0,
+        "ann": 0,
+        "popular": 0,
+    }
     assert run.metrics == {"recall_at_20": 0.5}
+    assert (run.ranker, run.validation) == ("unknown", {})
     assert run.features_as_of == AS_OF  # 01:00 at UTC+1 is midnight UTC
     assert report.pruned_run_ids == ()
     assert stored(paths) == expected_rows(1, recs)
@@ -119,6 +132,7 @@ def test_batches_of_mixed_kinds_and_types_make_one_run(paths: Paths) -> None:
         pl.col("rank").cast(pl.UInt8),
         pl.col("score").cast(pl.Float32),
         pl.col("source").cast(pl.Categorical),
+        pl.col("sources").cast(pl.List(pl.Categorical)),
     )
     batches = iter([recs[:6].to_arrow(), narrow, recs[12:].to_arrow().to_batches()[0]])
 
@@ -234,6 +248,27 @@ BASE = make_recs(range(1, 3))
         (BASE.with_columns(score=pl.lit(None, pl.Float64)), "6 rows have a null score"),
         (BASE.with_columns(score=pl.lit(float("nan"))), "have a NaN or infinite score"),
         (BASE.with_columns(reason=pl.lit("  ")), "6 rows have an empty reason"),
+        (BASE.drop("sources"), r"missing \['sources'\], unexpected \[\]"),
+        (
+            BASE.with_columns(sources=pl.col("source")),
+            r"column sources has type String, expected List\(String\)",
+        ),
+        (
+            BASE.with_columns(sources=pl.lit(None, pl.List(pl.String))),
+            "6 rows have a null sources",
+        ),
+        (
+            BASE.with_columns(sources=pl.concat_list(pl.lit("popular"), "source")),
+            "6 rows have sources that do not start with source, e.g. user_id 1",
+        ),
+        (
+            BASE.with_columns(sources=pl.lit([], pl.List(pl.String))),
+            "6 rows have sources that do not start with source",
+        ),
+        (
+            BASE.with_columns(sources=pl.concat_list("source", pl.lit("bandit"))),
+            "6 rows have sources outside 'repeat', 'transition'",
+        ),
         (BASE[:0], "the input has no rows"),
         ([], "the input has no rows"),
         ([BASE, {"user_id": [1]}], "batch 1: expected a polars DataFrame or Arrow table, got dict"),
@@ -282,44 +317,131 @@ def test_prune_runs_keeps_the_newest(paths: Paths) -> None:
     assert query(paths, "select run_id from recommendation_runs") == [(3,)]
 
 
-MOVED_123_456 = "you moved from category 123 to 456 this week"
-MOVED_SHOES_BAGS = "you moved from shoes to bags this week"
+def test_run_records_the_ranker_and_its_validation_figures(paths: Paths) -> None:
+    validation = {
+        "repeat": {"ndcg_at_20": 0.25, "recall_at_50": 0.5, "n_users": 10},
+        "learned": {"ndcg_at_20": np.float64(0.375), "recall_at_50": 0.625, "n_users": 10},
+    }
+    run = write(paths, BASE, ranker="learned", validation=validation).run
+    expected = validation | {"learned": validation["learned"] | {"ndcg_at_20": 0.375}}
+    assert (run.ranker, run.validation) == ("learned", expected)
+    assert wb.latest_run(paths) == run
+    assert query(
+        paths,
+        "select ranker, validation->'learned'->>'ndcg_at_20', validation->'repeat'->>'n_users' "
+        "from recommendation_runs",
+    ) == [("learned", "0.375", "10")]
 
 
-@pytest.mark.parametrize(
-    ("source", "kwargs", "reason"),
-    [
-        ("ann", {"from_category": 123, "to_category": 456}, MOVED_123_456),
-        ("popular", {"from_category": "shoes", "to_category": "bags"}, MOVED_SHOES_BAGS),
-        (
-            "ann",
-            {"from_category": 123, "to_category": "bags"},
-            "you moved from category 123 to bags this week",
-        ),
-        ("repeat", {}, "you showed interest in this item before"),
-        ("repeat", {"category": 7}, "you keep coming back to category 7"),
-        ("ann", {}, "similar to items you engaged with"),
-        ("ann", {"category": "tea"}, "similar to what you like in tea"),
-        ("popular", {}, "popular right now"),
-        ("popular", {"category": np.int64(9)}, "popular in category 9 right now"),
-    ],
-)
-def test_reason_for(source: str, kwargs: dict, reason: str) -> None:
-    assert wb.reason_for(source, **kwargs) == reason
+def test_every_source_of_the_vocabulary_is_accepted(paths: Paths) -> None:
+    recs = pl.DataFrame(
+        [
+            {
+                "user_id": 1,
+                "rank": rank,
+                "item_id": rank,
+                "score": 1.0 / rank,
+                "category_id": 1,
+                "source": source,
+                "sources": [source, *[s for s in SOURCES if s != source]],
+                "reason": "r",
+            }
+            for rank, source in enumerate(SOURCES, start=1)
+        ],
+        schema=wb.INPUT_COLUMNS,
+    )
+    run = write(paths, recs).run
+    assert run.counts == dict.fromkeys(SOURCES, 1)
+    assert query(paths, "select rank, sources from recommendations where rank = 4") == [
+        (4, ["next_category", "repeat", "transition", "category", "ann", "popular"])
+    ]
 
 
-@pytest.mark.parametrize(
-    ("source", "kwargs", "message"),
-    [
-        ("bandit", {}, "source must be one of 'repeat', 'ann', 'popular', got 'bandit'"),
-        ("ann", {"from_category": 1}, "pass both from_category and to_category, or neither"),
-        ("ann", {"from_category": 1, "to_category": 2, "category": 2}, "not both"),
-        ("popular", {"category": ""}, "a category must be an id or a non-empty name"),
-    ],
-)
-def test_reason_for_rejects_bad_arguments(source: str, kwargs: dict, message: str) -> None:
-    with pytest.raises(wb.WritebackError, match=message):
-        wb.reason_for(source, **kwargs)
+# The layout written before every source was kept (verbatim from the previous release).
+OLD_DDL = """
+create table recommendation_runs (
+    run_id bigint primary key,
+    model_version varchar not null,
+    features_as_of timestamp not null,
+    generated_at timestamp not null,
+    status varchar not null,
+    n_users bigint not null,
+    n_rows bigint not null,
+    n_repeat bigint not null,
+    n_ann bigint not null,
+    n_popular bigint not null,
+    metrics json not null
+);
+create table recommendations (
+    run_id bigint not null,
+    user_id bigint not null,
+    rank integer not null,
+    item_id bigint not null,
+    score double not null,
+    category_id bigint not null,
+    source varchar not null check (source in ('repeat', 'ann', 'popular')),
+    reason varchar not null,
+    model_version varchar not null,
+    generated_at timestamp not null
+);
+create or replace view latest_recommendations as
+select * from recommendations
+where run_id = (select max(run_id) from recommendation_runs where status = 'complete');
+insert into recommendation_runs values
+    (1, 'v0', '2026-01-07', '2026-01-07 01:00', 'complete', 2, 3, 1, 1, 1,
+     '{"recall_at_20": 0.25}');
+insert into recommendations values
+    (1, 1, 1, 11, 0.5, 7, 'repeat', 'you keep coming back to category 7', 'v0',
+     '2026-01-07 01:00'),
+    (1, 1, 2, 12, 0.25, 7, 'ann', 'similar to what you like in category 7', 'v0',
+     '2026-01-07 01:00'),
+    (1, 2, 1, 13, 0.5, 8, 'popular', 'trending now', 'v0', '2026-01-07 01:00');
+"""
+
+
+def test_tables_of_the_old_layout_are_upgraded_in_place(paths: Paths) -> None:
+    with wb.open_for_write(paths) as con:
+        con.execute(OLD_DDL)
+    old_run = datetime(2026, 1, 7, 1)
+
+    recs = make_recs(range(1, 3))
+    report = write(paths, recs, ranker="blend", validation={"blend": {"ndcg_at_20": 0.5}})
+
+    assert report.run.run_id == 2
+    # The old rows are still there, each with its one source as its sources.
+    assert stored(paths) == [
+        (1, 1, 1, 11, 0.5, 7, "repeat", ["repeat"], "you keep coming back to category 7"),
+        (1, 1, 2, 12, 0.25, 7, "ann", ["ann"], "similar to what you like in category 7"),
+        (1, 2, 1, 13, 0.5, 8, "popular", ["popular"], "trending now"),
+        *expected_rows(2, recs),
+    ]
+    assert query(
+        paths, "select distinct model_version, generated_at from recommendations where run_id = 1"
+    ) == [("v0", old_run)]
+    assert stored(paths, "latest_recommendations") == expected_rows(2, recs)
+    columns = ", ".join(f"n_{source}" for source in SOURCES)
+    assert query(
+        paths,
+        f"select run_id, model_version, features_as_of, n_users, n_rows, {columns}, ranker, "
+        "validation->'blend'->>'ndcg_at_20', metrics->>'recall_at_20' "
+        "from recommendation_runs order by run_id",
+    ) == [
+        (1, "v0", datetime(2026, 1, 7), 2, 3, 1, 0, 0, 0, 1, 1, "unknown", None, "0.25"),
+        (2, "v1", AS_OF, 2, 6, 2, 2, 2, 0, 0, 0, "blend", "0.5", "0.5"),
+    ]
+    assert query(paths, "select validation from recommendation_runs where run_id = 1") == [("{}",)]
+    # The old check constraint on three sources is gone; the current one holds.
+    with wb.open_for_write(paths) as con:
+        assert con.execute(
+            "select count(*) from duckdb_tables() where table_name like '%_old'"
+        ).fetchone() == (0,)
+        with pytest.raises(duckdb.ConstraintException):
+            con.execute(
+                "insert into recommendations values (9, 1, 1, 1, 1.0, 1, 'bandit', ['bandit'], "
+                "'r', 'v', now())"
+            )
+    # The old run is pruned like any other.
+    assert write(paths, recs, retention=1).pruned_run_ids == (1, 2)
 
 
 # --- locking across processes ---------------------------------------------------------------

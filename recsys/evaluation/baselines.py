@@ -8,7 +8,7 @@ own recent items are the strongest single signal, and the "novel" user group mea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol, Self
 
@@ -18,10 +18,11 @@ import scipy.sparse as sp
 
 from recsys.config import FeatureConfig
 from recsys.evaluation.errors import EvaluationError
-from recsys.evaluation.metrics import PAD
-from recsys.evaluation.split import TimeSplit, behavior_weight
+from recsys.evaluation.split import TimeSplit
 from recsys.ranking.frames import (
+    PAD,
     IdIndex,
+    behavior_weight,
     decayed_weight,
     events_before,
     top_k_matrix,
@@ -472,35 +473,6 @@ def default_generators(config: FeatureConfig = FeatureConfig()) -> list[Candidat
     return [RepeatCandidates(config), TransitionCandidates(config), CategoryCandidates(config)]
 
 
-def user_category_context(
-    events: pl.DataFrame, as_of: datetime, config: FeatureConfig
-) -> pl.DataFrame:
-    """(user_id, category_id, ctx_*): where the user's interest in a category stands and moves.
-
-    ctx_share_short / ctx_share_long: the category's share of the user's decayed interest with
-    the short / long half-life; ctx_rise = short - long share (> 0: interest migrating towards
-    the category); ctx_recency = 1 / (1 + hours since the user's last event in the category).
-    """
-    c = config
-    age_h = (pl.lit(as_of) - pl.col("event_time").max()).dt.total_seconds() / 3600.0
-    return (
-        events.group_by("user_id", "category_id")
-        .agg(
-            decayed_weight(c, as_of, c.short_half_life_hours).sum().alias("short"),
-            decayed_weight(c, as_of, c.long_half_life_hours).sum().alias("long"),
-            (1.0 / (1.0 + age_h)).alias("ctx_recency"),
-        )
-        .with_columns(
-            ctx_share_short=pl.col("short") / pl.col("short").sum().over("user_id"),
-            ctx_share_long=pl.col("long") / pl.col("long").sum().over("user_id"),
-        )
-        .with_columns(ctx_rise=pl.col("ctx_share_short") - pl.col("ctx_share_long"))
-        .select(
-            "user_id", "category_id", "ctx_share_short", "ctx_share_long", "ctx_rise", "ctx_recency"
-        )
-    )
-
-
 @dataclass
 class CandidateBlend:
     """Candidate generators merged by a learned scorer.
@@ -509,21 +481,15 @@ class CandidateBlend:
     candidates for users active on both sides with "the user touched the item in
     [as_of - validation_window, as_of)", fits ``ranker`` on that, then refits the generators as of
     ``as_of``. Nothing at or after ``as_of`` is read. Features: every generator column, a
-    reciprocal rank per generator (0 when absent) and item popularity (short and long decay),
-    plus ``user_category_context`` of the item's category when ``category_context``; missing
-    values are 0. Rows short of k are topped up with popular items.
+    reciprocal rank per generator (0 when absent) and item popularity (short and long decay);
+    missing values are 0. Rows short of k are topped up with popular items. (The served learned
+    ranking, with category context and seen/unseen rankers, is ``recsys.ranking.policy``.)
     """
 
     generators: list[CandidateGenerator] = field(default_factory=default_generators)
     config: FeatureConfig = field(default_factory=FeatureConfig)
     ranker: LogisticRanker = field(default_factory=LogisticRanker)
     validation_window: timedelta = timedelta(days=1)
-    # Adds ``user_category_context`` features of each candidate's category (off for the
-    # "blend" baseline, which keeps the generators' own features only).
-    category_context: bool = False
-    # A feature column (e.g. "repeat_present") whose values each get their own ranker: logistic
-    # logits stay calibrated per segment, so segments still compare, while weights may differ.
-    segment_by: str | None = None
 
     def fit(self, events: pl.DataFrame, as_of: datetime) -> Self:
         window = TimeSplit(as_of - self.validation_window, as_of)
@@ -541,29 +507,13 @@ class CandidateBlend:
         self.feature_names_ = [c for c in table.columns if c not in ("user_id", "item_id")]
         x, y = table.select(self.feature_names_).to_numpy(), labels.to_numpy()
         self.ranker.fit(x, y)
-        self.segment_rankers_ = {}
-        if self.segment_by is not None:
-            segments = table[self.segment_by].to_numpy()
-            for value in np.unique(segments):
-                rows = segments == value
-                # A segment without both labels keeps the pooled ranker.
-                if len(np.unique(y[rows])) == 2:
-                    self.segment_rankers_[value] = replace(self.ranker).fit(x[rows], y[rows])
         self._fit_sources(events, as_of)
         return self
 
     def score(self, table: pl.DataFrame) -> np.ndarray:
-        """float [table.height]: ranker logits of ``features`` rows; with ``segment_by``, each
-        row is scored by its segment's ranker (the pooled one where the segment has none)."""
+        """float [table.height]: ranker logits of ``features`` rows."""
         _require_fitted(self, "feature_names_")
-        x = table.select(self.feature_names_).to_numpy()
-        scores = self.ranker.score(x)
-        if self.segment_rankers_:
-            segments = table[self.segment_by].to_numpy()
-            for value, ranker in self.segment_rankers_.items():
-                rows = segments == value
-                scores[rows] = ranker.score(x[rows])
-        return scores
+        return self.ranker.score(table.select(self.feature_names_).to_numpy())
 
     def _fit_sources(self, events: pl.DataFrame, as_of: datetime) -> None:
         events = events_before(events, as_of)
@@ -581,9 +531,6 @@ class CandidateBlend:
             )
         )
         self.popular_ = Popularity(c).fit(events, as_of).ranking_
-        if self.category_context:
-            self.item_category_ = events.group_by("item_id").agg(pl.col("category_id").last())
-            self.context_ = user_category_context(events, as_of, c)
 
     def features(self, user_ids: np.ndarray) -> pl.DataFrame:
         """(user_id, item_id, features...): the union of all generators' candidates."""
@@ -606,12 +553,6 @@ class CandidateBlend:
         if table is None:
             raise EvaluationError("CandidateBlend needs at least one generator")
         table = table.join(self.item_features_, on="item_id", how="left")
-        if self.category_context:
-            table = (
-                table.join(self.item_category_, on="item_id", how="left")
-                .join(self.context_, on=["user_id", "category_id"], how="left")
-                .drop("category_id")
-            )
         return table.with_columns(pl.exclude("user_id", "item_id").cast(pl.Float64).fill_null(0.0))
 
     def recommend(self, user_ids: np.ndarray, k: int) -> np.ndarray:

@@ -191,7 +191,8 @@ def _recommend_all(
             started = time.perf_counter()
             model = factory().fit(data.train, data.split.train_end)
             recs[name] = model.recommend(data.user_ids, max(KS))
-            console.log(f"{name}: {time.perf_counter() - started:.1f}s")
+            served = f", serves the {model.policy_} policy" if hasattr(model, "policy_") else ""
+            console.log(f"{name}: {time.perf_counter() - started:.1f}s{served}")
             progress.advance(task)
     return recs
 

@@ -45,7 +45,7 @@ from recsys.models.data import LearnedModelError, PrivateHome
 from recsys.models.gnn import GnnConfig
 from recsys.ranking.frames import events_before
 from recsys.ranking.metrics import GroundTruth
-from recsys.ranking.policy import POLICIES, Ranking, RankingSettings
+from recsys.ranking.policy import POLICIES, SIMPLE_POLICIES, Ranking, RankingSettings
 from recsys.ranking.profiles import profiles_at
 from recsys.ranking.select import K_RECALL, choose, recommendation_matrix, validation_figures
 from recsys.ranking.sources import AnnSearch
@@ -65,7 +65,7 @@ class InterestConfig:
     ranking: RankingSettings = field(default_factory=RankingSettings)
     tables: TableSettings = field(default_factory=TableSettings)
     # The policies that compete on the validation window ("learned" plus the simple ones).
-    policies: tuple[str, ...] = ("repeat", "blend", "learned")
+    policies: tuple[str, ...] = ("repeat", "blend", "learned", "learned_gbdt")
     # Full-graph GNN training: every step runs the whole graph, so big batches (few steps).
     gnn: GnnConfig = field(
         default_factory=lambda: GnnConfig(
@@ -122,7 +122,7 @@ class InterestModel:
             ranking.fit(profiles[t0], first)
             ranked = ranking.at(tables[t1], ann[t1]).rank(profiles[t1], K_RECALL)
             self.validation_[name] = validation_figures(ranked, truth)
-        self.policy_ = choose(self.validation_)
+        self.policy_ = choose(self.validation_, simple=SIMPLE_POLICIES)
         final = Ranking(POLICIES[self.policy_], c.features, tables[t1], c.ranking, ann[t1])
         self.ranking_ = final.fit(profiles[t1], second).at(tables[as_of], ann[as_of])
         self.profiles_ = profiles[as_of]

@@ -13,7 +13,7 @@ Query inputs (``query`` dict, B = batch, N = ``interest_slots``, L = ``sequence_
 | ``interest_categories`` | int64   | [B, N] | decayed top-N category indices, -1 pad           |
 | ``interest_scores``     | float32 | [B, N] | their decayed shares (0 at pads)                 |
 | ``seq_items``           | int64   | [B, L] | recent item indices, most recent first, -1 pad   |
-| ``seq_behaviors``       | int64   | [B, L] | index into ``recsys.warehouse.schema.BEHAVIORS``           |
+| ``seq_behaviors``       | int64   | [B, L] | index into ``schema.BEHAVIORS``                  |
 | ``seq_gap_hours``       | float32 | [B, L] | hours between the event and the as-of time       |
 | ``gnn_user``            | float32 | [B, G] | GNN user embedding (only when ``use_gnn``)       |
 
@@ -461,4 +461,14 @@ def train_two_tower(
 def embed(tower: tf.keras.Model, arrays: Arrays, *, batch_size: int = 4096) -> np.ndarray:
     """Run a tower over a dict of arrays (only its input keys are used): [rows, embedding_dim]."""
     inputs = {k: arrays[k] for k in tower.input_names}
-    return tower.predict(inputs, batch_size=batch_size, verbose=0)
+    n = len(next(iter(inputs.values())))
+    # predict_on_batch, not predict: predict's tf.data map is rewritten under op determinism
+    # and TensorFlow logs a (harmless) NodeDef error for it on every call.
+    return np.concatenate(
+        [
+            np.asarray(
+                tower.predict_on_batch({k: v[i : i + batch_size] for k, v in inputs.items()})
+            )
+            for i in range(0, n, batch_size)
+        ]
+    )

@@ -1,12 +1,13 @@
 """A ranking policy: which sources propose, and how their union is ordered.
 
-Three policies compete on every validation window (``recsys.ranking.select``):
+The policies compete on every validation window (``recsys.ranking.select``):
 
 | policy | sources | order |
 |---|---|---|
 | ``repeat`` | repeat, popular | the user's own items by long-horizon decayed score, then popular |
 | ``blend`` | repeat, transition, category, popular | a logistic ranker over the sources' features |
-| ``learned`` | every source, ANN included | seen/unseen rankers, with category context |
+| ``learned`` | every source, ANN included | seen/unseen logistic rankers, category context |
+| ``learned_gbdt`` | every source, ANN included | LightGBM lambdarank, category context |
 
 ``Ranking.rank(profiles, k)`` is the one ranking function: ``recsys score`` calls it on
 profiles read from the Feast exports, ``recsys evaluate`` on profiles as of the split, and the
@@ -25,7 +26,12 @@ from recsys.config import FeatureConfig
 from recsys.ranking.candidates import KEYS, candidate_table
 from recsys.ranking.frames import RankingError
 from recsys.ranking.profiles import SEQ_BEHAVIORS, SEQ_ITEMS
-from recsys.ranking.ranker import LogisticRanker, SegmentedRanker
+from recsys.ranking.ranker import (
+    GbdtRanker,
+    LogisticRanker,
+    SegmentedRanker,
+    ranker_from_dict,
+)
 from recsys.ranking.reasons import reason_for
 from recsys.ranking.sources import (
     AnnSearch,
@@ -40,6 +46,7 @@ from recsys.ranking.sources import (
 from recsys.ranking.tables import ItemTables
 from recsys.warehouse.schema import SOURCES
 
+Ranker = LogisticRanker | SegmentedRanker | GbdtRanker
 OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score", "category_id", "source", "sources")
 
 
@@ -47,19 +54,22 @@ OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score", "category_id", "source"
 class PolicySpec:
     name: str
     sources: tuple[str, ...]
-    learned: bool  # False: ordered by the repeat score, then popularity
+    # None: ordered by the repeat score, then popularity; else the kind of ranker
+    # (``recsys.ranking.ranker.RANKERS``)
+    ranker: str | None
     context: bool = False
 
+    @property
+    def learned(self) -> bool:
+        return self.ranker is not None
 
+
+ALL_SOURCES = ("repeat", "transition", "category", "next_category", "ann", "popular")
 POLICIES: dict[str, PolicySpec] = {
-    "repeat": PolicySpec("repeat", ("repeat", "popular"), learned=False),
-    "blend": PolicySpec("blend", ("repeat", "transition", "category", "popular"), learned=True),
-    "learned": PolicySpec(
-        "learned",
-        ("repeat", "transition", "category", "next_category", "ann", "popular"),
-        learned=True,
-        context=True,
-    ),
+    "repeat": PolicySpec("repeat", ("repeat", "popular"), ranker=None),
+    "blend": PolicySpec("blend", ("repeat", "transition", "category", "popular"), "logistic"),
+    "learned": PolicySpec("learned", ALL_SOURCES, "segmented", context=True),
+    "learned_gbdt": PolicySpec("learned_gbdt", ALL_SOURCES, "lambdarank", context=True),
 }
 SIMPLE_POLICIES = ("repeat", "blend")
 
@@ -74,6 +84,9 @@ class RankingSettings:
     items_per_category: int = 50
     next_categories: bool = True
     ann_candidates: int = 100
+    # Query vectors per user: one for the whole profile plus one per top short-horizon
+    # category up to this many (0: the whole profile only).
+    ann_interests: int = 3
     popular_candidates: int = 100
     l2: float = 1e-3
 
@@ -90,7 +103,7 @@ class Ranking:
     tables: ItemTables
     settings: RankingSettings = field(default_factory=RankingSettings)
     ann: AnnSearch | None = None
-    ranker: LogisticRanker | SegmentedRanker | None = None
+    ranker: Ranker | None = None
     feature_names: tuple[str, ...] = ()
 
     def sources(self) -> list[Source]:
@@ -109,7 +122,7 @@ class Ranking:
             "popular": PopularSource(s.popular_candidates),
         }
         if self.ann is not None:
-            built["ann"] = AnnSource(self.ann, s.ann_candidates)
+            built["ann"] = AnnSource(self.ann, s.ann_candidates, s.ann_interests)
         return [built[name] for name in SOURCES if name in names]
 
     def at(self, tables: ItemTables, ann: AnnSearch | None) -> Ranking:
@@ -137,12 +150,16 @@ class Ranking:
         )
         names = tuple(c for c in table.columns if c not in KEYS)
         x = table.select(names).to_numpy()
-        ranker: LogisticRanker | SegmentedRanker = (
+        groups = table.group_by("user_id", maintain_order=True).len()["len"].to_numpy()
+        kind = self.spec.ranker
+        ranker: Ranker = (
             SegmentedRanker(names.index("repeat_present"), self.settings.l2)
-            if self.spec.context
+            if kind == "segmented"
+            else GbdtRanker()
+            if kind == "lambdarank"
             else LogisticRanker(self.settings.l2)
         )
-        self.ranker, self.feature_names = ranker.fit(x, labels), names
+        self.ranker, self.feature_names = ranker.fit(x, labels, groups), names
         return self
 
     def score(self, table: pl.DataFrame) -> np.ndarray:
@@ -200,12 +217,7 @@ class Ranking:
         if spec is None:
             raise RankingError(f"unknown ranking policy {state.get('policy')!r}")
         ranker_state = state.get("ranker")
-        ranker: LogisticRanker | SegmentedRanker | None = None
-        if ranker_state is not None:
-            kind = ranker_state.get("kind")
-            ranker = (SegmentedRanker if kind == "segmented" else LogisticRanker).from_dict(
-                ranker_state
-            )
+        ranker = None if ranker_state is None else ranker_from_dict(ranker_state)
         return cls(
             spec,
             config,

@@ -1,5 +1,8 @@
-"""Learned scorers of candidate rows: an L2-regularised logistic regression (numpy + scipy) and
-its per-segment variant, each saved as plain JSON."""
+"""Learned scorers of candidate rows, each saved as plain JSON: an L2-regularised logistic
+regression (numpy + scipy), its per-segment variant, and a LightGBM lambdarank model.
+
+Every ranker has ``fit(features [n, d], labels [n], groups [g]) -> self`` (``groups``: the row
+counts of consecutive users; the pointwise rankers ignore it) and ``score(features) -> [n]``."""
 
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ class LogisticRanker:
     l2: float = 1e-3
     max_iter: int = 500
 
-    def fit(self, features: np.ndarray, labels: np.ndarray) -> Self:
+    def fit(
+        self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None
+    ) -> Self:
         """features float [n, d]; labels {0, 1} [n] with both classes present."""
         x = self._compress(features)
         y = np.asarray(labels, dtype=np.float64)
@@ -100,7 +105,9 @@ class SegmentedRanker:
     segment: int  # column index of the segment flag in the feature matrix
     l2: float = 1e-3
 
-    def fit(self, features: np.ndarray, labels: np.ndarray) -> Self:
+    def fit(
+        self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None
+    ) -> Self:
         self.pooled_ = LogisticRanker(self.l2).fit(features, labels)
         flags = np.asarray(features)[:, self.segment] > 0.5
         self.parts_: dict[str, LogisticRanker] = {}
@@ -137,3 +144,71 @@ class SegmentedRanker:
         ranker.pooled_ = LogisticRanker.from_dict(state["pooled"])
         ranker.parts_ = {n: LogisticRanker.from_dict(p) for n, p in state["parts"].items()}
         return ranker
+
+
+@dataclass
+class GbdtRanker:
+    """LightGBM lambdarank (NDCG@20) over the candidates of each user; the model is kept as
+    LightGBM's own text format inside the JSON."""
+
+    n_estimators: int = 300
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 50
+    threads: int = 2
+    seed: int = 42
+
+    def fit(
+        self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray | None = None
+    ) -> Self:
+        import lightgbm as lgb
+
+        if groups is None or int(np.sum(groups)) != len(labels):
+            raise RankingError("the lambdarank ranker needs the row count of every user")
+        if len(np.unique(labels)) != 2:
+            raise RankingError("ranker needs one label per row and both classes present")
+        data = lgb.Dataset(np.asarray(features, np.float64), label=labels, group=groups)
+        params = {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [20],
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "num_threads": self.threads,
+            "seed": self.seed,
+            "deterministic": True,
+            "verbosity": -1,
+        }
+        self.booster_ = lgb.train(params, data, num_boost_round=self.n_estimators)
+        return self
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "booster_"):
+            raise RankingError("GbdtRanker must be fitted before score")
+        # One thread: the service scores one user's few hundred rows per request.
+        return self.booster_.predict(np.asarray(features, np.float64), num_threads=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "lambdarank", "model": self.booster_.model_to_string()}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> GbdtRanker:
+        import lightgbm as lgb
+
+        if state.get("kind") != "lambdarank":
+            raise RankingError(f"not a lambdarank ranker: kind {state.get('kind')!r}")
+        ranker = cls()
+        ranker.booster_ = lgb.Booster(model_str=state["model"])
+        return ranker
+
+
+RANKERS = {"logistic": LogisticRanker, "segmented": SegmentedRanker, "lambdarank": GbdtRanker}
+
+
+def ranker_from_dict(state: dict[str, Any]) -> LogisticRanker | SegmentedRanker | GbdtRanker:
+    """The ranker a ``to_dict`` state describes."""
+    kind = state.get("kind")
+    if kind not in RANKERS:
+        raise RankingError(f"unknown ranker kind {kind!r}")
+    return RANKERS[kind].from_dict(state)

@@ -46,7 +46,9 @@ def reason_for(
     if moved_from is not None:
         if category is None:
             raise RankingError("a move needs the category it went to")
-        target = str(category) if not isinstance(category, str) else category_label(category)
+        target = category_label(category)
+        if not isinstance(category, str) and not isinstance(moved_from, str):
+            target = str(category)  # "from category 1 to 2", not "to category 2"
         return f"you moved from {category_label(moved_from)} to {target} this week"
     if category is None:
         return _PLAIN[source]

@@ -41,12 +41,18 @@ def validation_figures(ranked: pl.DataFrame, truth: GroundTruth) -> dict[str, fl
     }
 
 
-def choose(figures: Mapping[str, Mapping[str, float]], *, learned: str = "learned") -> str:
-    """The policy to serve: ``learned`` when its NDCG@20 beats every simple policy's, else the
-    best simple one (ties go to the earlier, simpler policy)."""
+def choose(figures: Mapping[str, Mapping[str, float]], *, simple: tuple[str, ...]) -> str:
+    """The policy to serve: the best learned policy (any name not in ``simple``) when its
+    NDCG@20 beats every simple policy's, else the best simple one. Ties go to the policy
+    listed first (the simpler)."""
     metric = f"ndcg_at_{K_NDCG}"
-    simple = [name for name in figures if name != learned]
-    best = max(simple, key=lambda name: (figures[name][metric], -simple.index(name)))
-    if learned in figures and figures[learned][metric] > figures[best][metric]:
-        return learned
-    return best
+    names = list(figures)
+
+    def best(candidates: list[str]) -> str:
+        return max(candidates, key=lambda name: (figures[name][metric], -names.index(name)))
+
+    fallback = best([name for name in names if name in simple])
+    learned = [name for name in names if name not in simple]
+    if learned and figures[best(learned)][metric] > figures[fallback][metric]:
+        return best(learned)
+    return fallback

@@ -30,14 +30,30 @@ from recsys.ranking.profiles import (
     SHORT_CATEGORIES,
     SHORT_SCORES,
     SHORT_TOTAL,
+    conform,
 )
 from recsys.ranking.tables import ItemTables
+
+
+@dataclass(frozen=True)
+class Users:
+    """What the sources read of a batch of profiles, derived once per ranking: the profiles,
+    their recent sequences one event per row (``sequence_events``) and their top short-horizon
+    categories (``short_interests``)."""
+
+    profiles: pl.DataFrame
+    events: pl.DataFrame
+    interests: pl.DataFrame
+
+    @classmethod
+    def of(cls, profiles: pl.DataFrame) -> Users:
+        return cls(profiles, sequence_events(profiles), short_interests(profiles))
 
 
 class Source(Protocol):
     name: str
 
-    def candidates(self, profiles: pl.DataFrame, tables: ItemTables) -> pl.DataFrame: ...
+    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame: ...
 
 
 class AnnSearch(Protocol):
@@ -74,20 +90,16 @@ class RepeatSource:
     config: FeatureConfig
     name: str = "repeat"
 
-    def candidates(self, profiles: pl.DataFrame, tables: ItemTables) -> pl.DataFrame:
+    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
         c, n = self.config, self.name
-        return (
-            sequence_events(profiles)
-            .group_by("user_id", "item_id")
-            .agg(
-                _decayed(c, c.short_half_life_hours).sum().alias(f"{n}_score"),
-                _decayed(c, c.long_half_life_hours).sum().alias(f"{n}_long"),
-                *[
-                    (pl.col("behavior") == b).sum().cast(pl.Float64).alias(f"{n}_n_{b}")
-                    for b in c.behavior_weights
-                ],
-                (1.0 / (1.0 + pl.col("gap_seconds").min() / 3600.0)).alias(f"{n}_recency"),
-            )
+        return users.events.group_by("user_id", "item_id").agg(
+            _decayed(c, c.short_half_life_hours).sum().alias(f"{n}_score"),
+            _decayed(c, c.long_half_life_hours).sum().alias(f"{n}_long"),
+            *[
+                (pl.col("behavior") == b).sum().cast(pl.Float64).alias(f"{n}_n_{b}")
+                for b in c.behavior_weights
+            ],
+            (1.0 / (1.0 + pl.col("gap_seconds").min() / 3600.0)).alias(f"{n}_recency"),
         )
 
 
@@ -101,11 +113,10 @@ class TransitionSource:
     max_candidates: int = 100
     name: str = "transition"
 
-    def candidates(self, profiles: pl.DataFrame, tables: ItemTables) -> pl.DataFrame:
+    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
         c, n = self.config, self.name
         recent = (
-            sequence_events(profiles)
-            .group_by("user_id", "item_id")
+            users.events.group_by("user_id", "item_id")
             .agg(
                 pl.col("position").min(),
                 _decayed(c, c.short_half_life_hours).sum().alias("r"),
@@ -116,7 +127,7 @@ class TransitionSource:
             .select("user_id", pl.col("item_id").alias("src_item_id"), "r")
         )
         return _top(
-            recent.join(tables.transitions, on="src_item_id")
+            recent.join(tables.rows("transitions", recent["src_item_id"]), on="src_item_id")
             .group_by("user_id", "item_id")
             .agg(
                 (pl.col("r") * pl.col("p")).sum().alias(f"{n}_score"),
@@ -128,24 +139,26 @@ class TransitionSource:
         )
 
 
-def short_interests(profiles: pl.DataFrame, n_categories: int) -> pl.DataFrame:
-    """(user_id, category_id, interest_share): the user's top short-horizon categories and
-    their share of the user's short-horizon interest."""
+def short_interests(profiles: pl.DataFrame) -> pl.DataFrame:
+    """(user_id, position, category_id, interest_share): the user's top short-horizon
+    categories, strongest first (position 0), and their share of the user's short-horizon
+    interest."""
     return (
         profiles.select(
             "user_id",
-            pl.col(SHORT_CATEGORIES).list.head(n_categories).alias("category_id"),
-            pl.col(SHORT_SCORES).list.head(n_categories).alias("interest"),
+            pl.col(SHORT_CATEGORIES).alias("category_id"),
+            pl.col(SHORT_SCORES).alias("interest"),
             pl.col(SHORT_TOTAL).alias("total"),
         )
-        .explode("category_id", "interest")
+        .with_columns(position=pl.int_ranges(pl.col("category_id").list.len()))
+        .explode("category_id", "interest", "position")
         .drop_nulls("category_id")
         .with_columns(
             interest_share=pl.when(pl.col("total") > 0)
             .then(pl.col("interest") / pl.col("total"))
             .otherwise(0.0)
         )
-        .select("user_id", "category_id", "interest_share")
+        .select("user_id", "position", "category_id", "interest_share")
     )
 
 
@@ -158,14 +171,16 @@ class CategorySource:
     items_per_category: int = 50
     name: str = "category"
 
-    def candidates(self, profiles: pl.DataFrame, tables: ItemTables) -> pl.DataFrame:
+    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
         n = self.name
-        items = tables.category_items.group_by("category_id", maintain_order=True).head(
-            self.items_per_category
+        interests = users.interests.filter(pl.col("position") < self.n_categories)
+        items = (
+            tables.rows("category_items", interests["category_id"])
+            .group_by("category_id", maintain_order=True)
+            .head(self.items_per_category)
         )
         return (
-            short_interests(profiles, self.n_categories)
-            .join(items, on="category_id")
+            interests.join(items, on="category_id")
             .group_by("user_id", "item_id")
             .agg(
                 (pl.col("interest_share") * pl.col("share")).max().alias(f"{n}_score"),
@@ -191,28 +206,30 @@ class NextCategorySource:
     max_candidates: int = 100
     name: str = "next_category"
 
-    def candidates(self, profiles: pl.DataFrame, tables: ItemTables) -> pl.DataFrame:
+    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
         n = self.name
-        current = short_interests(profiles, self.n_categories)
-        nexts = tables.category_transitions.group_by("src_category_id", maintain_order=True).head(
-            self.n_next
+        current = users.interests.filter(pl.col("position") < self.n_categories)
+        nexts = (
+            tables.rows("category_transitions", current["category_id"])
+            .group_by("src_category_id", maintain_order=True)
+            .head(self.n_next)
         )
         weights = (
-            current.rename({"category_id": "src_category_id"})
+            current.select("user_id", "interest_share", src_category_id="category_id")
             .join(nexts, on="src_category_id")
             .group_by("user_id", pl.col("dst_category_id").alias("category_id"))
             .agg((pl.col("interest_share") * pl.col("p")).sum().alias("weight"))
-            .join(
-                current.select("user_id", "category_id"), on=["user_id", "category_id"], how="anti"
-            )
+            # the user's own top categories are the category source's
+            .join(users.interests, on=["user_id", "category_id"], how="anti")
         )
-        items = tables.category_items.group_by("category_id", maintain_order=True).head(
-            self.items_per_category
+        items = (
+            tables.rows("category_items", weights["category_id"])
+            .group_by("category_id", maintain_order=True)
+            .head(self.items_per_category)
         )
-        seen = sequence_events(profiles).select("user_id", "item_id").unique()
         return _top(
             weights.join(items, on="category_id")
-            .join(seen, on=["user_id", "item_id"], how="anti")
+            .join(users.events, on=["user_id", "item_id"], how="anti")
             .group_by("user_id", "item_id")
             .agg(
                 (pl.col("weight") * pl.col("share")).max().alias(f"{n}_score"),
@@ -223,15 +240,67 @@ class NextCategorySource:
         )
 
 
+def interest_profiles(profiles: pl.DataFrame, n_interests: int) -> pl.DataFrame:
+    """One profile per (user, top short-horizon category c), for c among the user's first
+    ``n_interests``: the interest arrays hold c alone and the recent sequence keeps only c's
+    events, so that the query tower reads one interest at a time."""
+    sequence = [SEQ_ITEMS, SEQ_CATEGORIES, SEQ_BEHAVIORS, SEQ_GAPS]
+    focused = (
+        profiles.with_columns(
+            interest=pl.int_ranges(
+                pl.col(SHORT_CATEGORIES).list.len().clip(upper_bound=max(n_interests, 0))
+            )
+        )
+        .explode("interest")
+        .drop_nulls("interest")
+        .with_columns(
+            pl.concat_list(pl.col(SHORT_CATEGORIES).list.get(pl.col("interest"))),
+            pl.concat_list(pl.col(SHORT_SCORES).list.get(pl.col("interest"))),
+        )
+        .with_row_index("query")
+    )
+    kept = (
+        focused.select("query", pl.col(SHORT_CATEGORIES).list.first().alias("focus"), *sequence)
+        .explode(*sequence)
+        .filter(pl.col(SEQ_CATEGORIES) == pl.col("focus"))
+        .group_by("query")
+        .agg(*sequence)
+    )
+    return conform(
+        focused.drop(sequence).join(kept, on="query", how="left").sort("query").drop("query")
+    )
+
+
 @dataclass(frozen=True)
 class AnnSource:
+    """The two-tower's nearest items for the whole profile and, multi-interest, for each of
+    the user's ``n_interests`` top short-horizon categories alone (``interest_profiles``):
+    one ANN query each, merged per item. Columns: ann_score (best inner product over the
+    queries), ann_queries (how many queries retrieved the item)."""
+
     search: AnnSearch
     n_candidates: int = 100
+    n_interests: int = 3
     name: str = "ann"
 
-    def candidates(self, profiles: pl.DataFrame, tables: ItemTables) -> pl.DataFrame:
-        found = self.search.search(profiles, self.n_candidates)
-        return found.rename({"ann_score": f"{self.name}_score"})
+    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
+        n = self.name
+        queries = pl.concat(
+            [
+                users.profiles,
+                interest_profiles(users.profiles, self.n_interests).drop("interest"),
+            ],
+            how="diagonal_relaxed",
+        )
+        found = self.search.search(queries, self.n_candidates)
+        return _top(
+            found.group_by("user_id", "item_id").agg(
+                pl.col("ann_score").max().alias(f"{n}_score"),
+                pl.len().cast(pl.Float64).alias(f"{n}_queries"),
+            ),
+            f"{n}_score",
+            self.n_candidates,
+        )
 
 
 @dataclass(frozen=True)
@@ -239,9 +308,9 @@ class PopularSource:
     n_candidates: int = 100
     name: str = "popular"
 
-    def candidates(self, profiles: pl.DataFrame, tables: ItemTables) -> pl.DataFrame:
+    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
         popular = tables.popular(self.n_candidates).rename({"popular_score": f"{self.name}_score"})
-        return profiles.select("user_id").join(popular, how="cross")
+        return users.profiles.select("user_id").join(popular, how="cross")
 
 
 def _top(frame: pl.DataFrame, score: str, n: int) -> pl.DataFrame:

@@ -17,16 +17,27 @@ validated with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from recsys.config import FeatureConfig
 from recsys.ranking.frames import RankingError, behavior_weight, decayed_weight, events_before
 
 TABLES = ("items", "transitions", "category_items", "category_transitions")
+# Each table is sorted by its key first, so that rows of a few keys are found by binary search
+# (a request must not scan a million-item table).
+KEYS = {
+    "items": "item_id",
+    "transitions": "src_item_id",
+    "category_items": "category_id",
+    "category_transitions": "src_category_id",
+}
+# Popular items kept ranked for the popular source and cold start.
+POPULAR_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,33 @@ class ItemTables:
     transitions: pl.DataFrame
     category_items: pl.DataFrame
     category_transitions: pl.DataFrame
+    _keys: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+
+    def rows(self, table: str, keys: pl.Series | np.ndarray) -> pl.DataFrame:
+        """The rows of ``table`` whose key (``KEYS``) is one of ``keys``, in table order."""
+        frame = getattr(self, table)
+        sorted_keys = self._keys.get(table)
+        if sorted_keys is None:
+            sorted_keys = frame[KEYS[table]].to_numpy()
+            if len(sorted_keys) and np.any(np.diff(sorted_keys) < 0):
+                raise RankingError(f"the {table} table is not sorted by {KEYS[table]}")
+            self._keys[table] = sorted_keys
+        wanted = np.unique(np.asarray(keys, dtype=sorted_keys.dtype))
+        starts = np.searchsorted(sorted_keys, wanted, side="left")
+        lengths = np.searchsorted(sorted_keys, wanted, side="right") - starts
+        # positions starts[j] .. starts[j] + lengths[j] - 1 for every wanted key j, in one go
+        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        return frame[offsets + np.arange(lengths.sum())]
+
+    def popular(self, n: int) -> pl.DataFrame:
+        """(item_id, popular_score): the ``n`` items of highest long-horizon popularity."""
+        ranked = self._keys.get("popular")
+        if ranked is None:
+            order = np.lexsort(
+                (self.items["item_id"].to_numpy(), -self.items["pop_long"].to_numpy())
+            )
+            ranked = self._keys["popular"] = order[:POPULAR_LIMIT]
+        return self.items[ranked[:n]].select("item_id", pl.col("pop_long").alias("popular_score"))
 
     @classmethod
     def from_events(
@@ -65,14 +103,6 @@ class ItemTables:
             category_transitions=_category_transitions(
                 events, config, settings.max_next_categories
             ),
-        )
-
-    def popular(self, n: int) -> pl.DataFrame:
-        """(item_id, popular_score): the ``n`` items of highest long-horizon popularity."""
-        return (
-            self.items.sort(["pop_long", "item_id"], descending=[True, False])
-            .head(n)
-            .select("item_id", pl.col("pop_long").alias("popular_score"))
         )
 
     def save(self, directory: Path) -> None:

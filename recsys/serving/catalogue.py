@@ -138,9 +138,11 @@ def load_catalogue(paths: Paths, *, lock_timeout_s: float) -> Catalogue:
         for table in ("item_stats", "interest_migrations"):
             if not warehouse.table_exists(con, table):
                 raise ServingError(f"the warehouse has no {table} mart: run `recsys build` first")
-        items = con.execute(
-            "select item_id, category_id, pop_short, pop_long, trend from item_stats"
-        ).pl()
+        items = pl.DataFrame(
+            con.execute(
+                "select item_id, category_id, pop_short, pop_long, trend from item_stats"
+            ).fetchnumpy()
+        )
         rows = con.execute(
             "select user_id, from_category_id, to_category_id, detected_at, strength "
             "from interest_migrations order by user_id, detected_at desc"

@@ -15,14 +15,23 @@ It is the project's built-in dataset. The generative story, per user:
    least a day before the horizon ends, with ``MIN_VIEWS_AFTER`` views before the next 00:00 that
    outweigh (``JUMP_DOMINANCE``) the user's older short-half-life interest, and at least
    ``MIN_DAYS_BETWEEN_JUMPS`` apart. They are the ground truth in ``Simulation.migrations``.
+   Where a jump goes has structure: a planted category association graph (``Simulation.
+   associations``) gives every category ``associations_per_category`` popular-weighted "next"
+   categories with weights (phone -> case, charger). With ``association_probability`` a jump
+   goes to a fresh neighbour of the category it leaves (the user's top category as a detector
+   sees it, ``from_category_id``); otherwise, or when every neighbour is already known to the
+   user, it goes to a fresh popular-weighted category as without the graph.
 5. Each view's category: the session's category, another draw from the user's interests, or a
-   rare exploration of a random category. Its item: a Zipf draw in that category, or a revisit
-   of one of the user's recent items (repeat consumption).
+   rare exploration of another category: with ``association_probability`` a neighbour of the
+   session's category in the graph, else a popular-weighted random one. Its item: a Zipf draw
+   in that category, or a revisit of one of the user's recent items (repeat consumption).
 6. Views spawn cart, fav and buy events on the same item seconds to minutes later, so that the
    behaviour mix is about Taobao's view 90 / cart 5 / fav 3 / buy 2 %.
 
 Everything is numpy over whole arrays (no per-event or per-user Python loops), so ten million
-events take seconds, and a seed fixes the output exactly.
+events take seconds, and a seed fixes the output exactly. The graph and every association draw
+come from their own random stream, so ``association_probability=0`` (or
+``associations_per_category=0``) gives exactly the log of the simulator before the graph.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -72,6 +81,8 @@ P_BUY_AFTER_CART = 0.3
 P_BUY_DIRECT = (2 / 90 - P_CART * P_BUY_AFTER_CART) / (1 - P_CART)
 FOLLOW_UP_SECONDS = {"cart": 30.0, "fav": 30.0, "buy": 60.0}  # mean delay after the parent event
 VIEW, CART, FAV, BUY = (BEHAVIORS.index(b) for b in ("view", "cart", "fav", "buy"))
+ASSOCIATIONS_FILE = "category_associations.parquet"
+ASSOCIATION_STREAM = 0xA550C  # spawn key of the association graph's own random stream
 
 
 class SimulationConfigError(ValueError):
@@ -96,6 +107,10 @@ class SimulationConfig:
     migrations_per_user_day: float = 0.01  # rate of wanted jumps; only observable ones are kept
     post_migration_share: float = 0.8  # latent share of the new category after a jump
     repeat_probability: float = 0.15  # chance that a view revisits one of the user's recent items
+    # The planted category association graph: each category's "next" categories. A jump (and an
+    # exploring view) follows it with association_probability; 0 gives the graph-free simulator.
+    association_probability: float = 0.8
+    associations_per_category: int = 3
 
     def __post_init__(self) -> None:
         for name in ("users", "items", "days"):
@@ -132,15 +147,40 @@ class SimulationConfig:
             raise SimulationConfigError(
                 f"repeat_probability must be in [0, 1), got {self.repeat_probability!r}"
             )
+        if isinstance(self.association_probability, bool) or not (
+            0 <= self.association_probability <= 1
+        ):
+            raise SimulationConfigError(
+                f"association_probability must be in [0, 1], got {self.association_probability!r}"
+            )
+        k = self.associations_per_category
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise SimulationConfigError(
+                f"associations_per_category must be a non-negative integer, got {k!r}"
+            )
 
     @property
     def n_categories(self) -> int:
         return self.categories or max(1, round(self.items / 200))
 
     @property
+    def follows_associations(self) -> bool:
+        """Whether jumps and explorations can follow the association graph (else the log is the
+        graph-free simulator's)."""
+        return (
+            self.association_probability > 0
+            and self.associations_per_category > 0
+            and self.n_categories > 1
+        )
+
+    @property
     def name(self) -> str:
-        """Folder name of this simulation under a home's ``simulations/``."""
-        return f"sim-u{self.users}-i{self.items}-d{self.days}-s{self.seed}"
+        """Folder name of this simulation under a home's ``simulations/``; the association knobs
+        appear only when the graph is followed (graph-free logs keep their old names)."""
+        name = f"sim-u{self.users}-i{self.items}-d{self.days}-s{self.seed}"
+        if self.follows_associations:
+            name += f"-a{self.association_probability:g}x{self.associations_per_category}"
+        return name
 
 
 @dataclass(frozen=True)
@@ -152,11 +192,17 @@ class Simulation:
     ``migrations``: user_id, from_category_id, to_category_id (Int64), migrated_at (Datetime us):
     one row per planted jump; ``to_category_id`` has no event of the user before ``migrated_at``
     and gets every fresh view of the user's next 24 hours; ``from_category_id`` is the user's top
-    category by long-half-life, behaviour-weighted decayed interest just before it.
+    category by long-half-life, behaviour-weighted decayed interest just before it; ``associated``
+    (Boolean) is true where ``to_category_id`` was drawn from the association graph's
+    neighbours of ``from_category_id``.
+    ``associations``: src_category_id, dst_category_id (Int64), weight (Float64): the planted
+    category association graph, ``associations_per_category`` rows per source category (fewer
+    with fewer categories), weights summing to 1 per source, sorted by (src, weight descending).
     """
 
     events: pl.DataFrame
     migrations: pl.DataFrame
+    associations: pl.DataFrame = field(default_factory=lambda: _associations_frame(None, None))
 
 
 @dataclass(frozen=True)
@@ -175,8 +221,12 @@ class _Catalog:
         The rank is floor((size + 1)^u) - 1 for uniform u: P(rank k) = log((k + 2) / (k + 1)) /
         log(size + 1) ~ 1 / (k + 1.5), a Zipf law of exponent 1 drawn in O(1).
         """
+        return self.items_at(category, rng.random(category.size))
+
+    def items_at(self, category: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """``sample_items`` with its uniforms ``u`` (n,) drawn beforehand."""
         size = self.category_size[category]
-        rank = np.floor(np.exp(rng.random(category.size) * np.log1p(size))).astype(np.int64) - 1
+        rank = np.floor(np.exp(u * np.log1p(size))).astype(np.int64) - 1
         return self.category_start[category] + np.clip(rank, 0, size - 1)
 
 
@@ -186,6 +236,46 @@ def _build_catalog(rng: np.random.Generator, n_items: int, n_categories: int) ->
     size = 1 + rng.multinomial(n_items - n_categories, category_p)
     start = np.cumsum(size) - size
     return _Catalog(np.repeat(np.arange(n_categories), size), category_p, start, size)
+
+
+@dataclass(frozen=True)
+class _Graph:
+    """The planted association graph over category indices: row c lists c's K neighbours,
+    strongest first (K = min(associations_per_category, categories - 1), maybe 0)."""
+
+    dst: np.ndarray  # (C, K) neighbour category indices, never c itself
+    weight: np.ndarray  # (C, K) weights, each row sums to 1, descending
+    cum: np.ndarray  # (C, K) running sums of ``weight`` (the last column is 1)
+
+    def pick(self, source: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """One weighted neighbour of each ``source`` (n,) for uniforms ``u`` (n,); needs K > 0."""
+        index = (self.cum[source] < u[:, None]).sum(axis=1)
+        return self.dst[source, np.minimum(index, self.dst.shape[1] - 1)]
+
+
+def _build_graph(rng: np.random.Generator, catalog: _Catalog, per_category: int) -> _Graph:
+    """K distinct popular-weighted neighbours per category (sampling without replacement by
+    exponential races: the K smallest Exp(1) / p win), with flat-Dirichlet weights, the largest
+    to the first drawn."""
+    n = catalog.category_p.size
+    k = min(per_category, n - 1)
+    dst = np.empty((n, max(k, 0)), dtype=np.int64)
+    if k > 0:
+        inverse_p = (1 / catalog.category_p).astype(np.float32)
+        chunk = max(1, (1 << 22) // n)  # rows per block: a few million race entries at a time
+        for lo in range(0, n, chunk):
+            rows = np.arange(lo, min(n, lo + chunk))
+            race = rng.standard_exponential((rows.size, n), dtype=np.float32) * inverse_p
+            race[np.arange(rows.size), rows] = np.inf  # no self-association
+            top = np.argpartition(race, k - 1, axis=1)[:, :k]
+            order = np.argsort(np.take_along_axis(race, top, axis=1), axis=1, kind="stable")
+            dst[rows] = np.take_along_axis(top, order, axis=1)
+    gamma = rng.standard_gamma(1.0, size=dst.shape)
+    weight = -np.sort(-gamma, axis=1) / np.maximum(gamma.sum(axis=1, keepdims=True), 1e-300)
+    cum = np.cumsum(weight, axis=1)
+    if k > 0:
+        cum[:, -1] = 1.0
+    return _Graph(dst, weight, cum)
 
 
 @dataclass(frozen=True)
@@ -274,6 +364,9 @@ class _Jumps:
 
     time_s: np.ndarray  # seconds since config.start; a huge sentinel where unused
     category: np.ndarray  # category index; -1 where unused
+    # Per jump index j: (users, (n, 32) popular-weighted draws) the random destination is the
+    # first fresh one of; kept to redo that choice after earlier jumps followed the graph.
+    draws: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
 
 NO_JUMP = np.iinfo(np.int64).max // 2
@@ -343,6 +436,7 @@ def _plan_jumps(
     last_jump = np.full(n, -NO_JUMP, dtype=np.int64)
     planted = np.zeros(n, dtype=np.int64)  # columns stay filled left to right
     known = users.slot_category
+    kept = []
     for j in range(MAX_JUMPS_PER_USER):
         user = sessions.user
         candidate = np.flatnonzero(
@@ -365,12 +459,13 @@ def _plan_jumps(
         ok = fresh.any(axis=1)
         who, picked = who[ok], picked[ok]
         new = draws[ok, fresh[ok].argmax(axis=1)]
+        kept.append((who, draws[ok]))
         time_s[who, j] = sessions.start_s[picked]
         category[who, j] = new
         last_jump[who] = sessions.start_s[picked]
         planted[who] += 1
         known = np.concatenate((known, category[:, j : j + 1]), axis=1)
-    return _Jumps(time_s, category)
+    return _Jumps(time_s, category, tuple(kept))
 
 
 def _session_interests(
@@ -403,29 +498,60 @@ def _draw_slot(rng: np.random.Generator, cum: np.ndarray) -> np.ndarray:
     return np.minimum((cum < u[:, None]).sum(axis=1), cum.shape[1] - 1)
 
 
-def _view_categories(
+@dataclass(frozen=True)
+class _ViewDraws:
+    """The random part of the views' categories, which does not depend on where jumps go: slot
+    indices into the user's (interest slots + jump categories) table, and explorations."""
+
+    session_slot: np.ndarray  # (S,) the session's slot (a jump's slot in its honeymoon)
+    alt: np.ndarray  # view indices that redraw from the user's interests ...
+    alt_slot: np.ndarray  # ... and the slots they draw
+    explore: np.ndarray  # view indices that explore ...
+    explored: np.ndarray  # ... and their popular-weighted random categories
+    # Set when explorations follow the graph: which do (bool) and the uniforms of their pick.
+    follow: np.ndarray | None = None
+    follow_u: np.ndarray | None = None
+
+
+def _draw_view_categories(
     rng: np.random.Generator,
-    users: _Users,
-    jumps: _Jumps,
     catalog: _Catalog,
     sessions: _Sessions,
     views: _Views,
     interests: tuple[np.ndarray, np.ndarray, np.ndarray],
-) -> np.ndarray:
-    """Category index of each view's fresh item draw, shape (V,)."""
+) -> _ViewDraws:
     epoch, honeymoon, cum = interests
-    slot_table = np.concatenate((users.slot_category, jumps.category), axis=1)
     # In the 24 hours after a jump the whole session (and every fresh view) is the new category.
     session_slot = np.where(honeymoon, MAX_SLOTS + np.maximum(epoch - 1, 0), _draw_slot(rng, cum))
-    per_session = np.diff(sessions.first_view)
-    category = np.repeat(slot_table[sessions.user, session_slot], per_session)
-
-    roll = rng.random(category.size)
-    free = ~np.repeat(honeymoon, per_session)
+    roll = rng.random(views.session.size)
+    free = ~np.repeat(honeymoon, np.diff(sessions.first_view))
     alt = np.flatnonzero(free & (roll >= P_STAY) & (roll < P_STAY + P_ALT))
-    category[alt] = slot_table[views.user[alt], _draw_slot(rng, cum[views.session[alt]])]
+    alt_slot = _draw_slot(rng, cum[views.session[alt]])
     explore = np.flatnonzero(free & (roll >= P_STAY + P_ALT))
     explored = rng.choice(catalog.category_p.size, size=explore.size, p=catalog.category_p)
+    return _ViewDraws(session_slot, alt, alt_slot, explore, explored)
+
+
+def _view_categories(
+    draws: _ViewDraws,
+    users: _Users,
+    jumps: _Jumps,
+    sessions: _Sessions,
+    views: _Views,
+    graph: _Graph | None = None,
+) -> np.ndarray:
+    """Category index of each view's fresh item draw, shape (V,), given where the jumps go."""
+    slot_table = np.concatenate((users.slot_category, jumps.category), axis=1)
+    per_session = np.diff(sessions.first_view)
+    category = np.repeat(slot_table[sessions.user, draws.session_slot], per_session)
+    alt = draws.alt
+    category[alt] = slot_table[views.user[alt], draws.alt_slot]
+    explore, explored = draws.explore, draws.explored
+    if draws.follow is not None and graph is not None and graph.dst.shape[1] > 0:
+        # An exploring view moves to a neighbour of its session's category.
+        follow = np.flatnonzero(draws.follow)
+        explored = explored.copy()
+        explored[follow] = graph.pick(category[explore[follow]], draws.follow_u[follow])
     # Exploring a category the user will later jump to would spoil the jump's novelty.
     user = views.user[explore]
     spoils = (jumps.category[user] == explored[:, None]) & (
@@ -441,20 +567,20 @@ def _view_categories(
 
 def _revisit(
     rng: np.random.Generator,
-    fresh_item: np.ndarray,
+    n_views: int,
     users: _Users,
     sessions: _Sessions,
     views: _Views,
     interests: tuple[np.ndarray, np.ndarray, np.ndarray],
     probability: float,
 ) -> np.ndarray:
-    """Each view's item (V,): its fresh draw, or with ``probability`` the item of one of the
-    user's few previous views. Onboarding views never revisit; a honeymoon view only revisits
-    views since the jump."""
+    """Each view's source view (V,): itself (a fresh draw), or with ``probability`` one of the
+    user's few previous views, whose item it takes. Onboarding views never revisit; a honeymoon
+    view only revisits views since the jump."""
     per_session = np.diff(sessions.first_view)
     epoch = np.repeat(interests[0], per_session)
     honeymoon = np.repeat(interests[1], per_session)
-    index = np.arange(fresh_item.size)
+    index = np.arange(n_views)
     lag = rng.geometric(REPEAT_LAG_P, size=index.size)
     source = index - lag
     revisit = np.flatnonzero(
@@ -472,7 +598,94 @@ def _revisit(
         moved = hop != root[revisit]
         root[revisit] = hop
         revisit = revisit[moved]
-    return fresh_item[root]
+    return root
+
+
+def _associate_jumps(
+    rng: np.random.Generator,
+    config: SimulationConfig,
+    users: _Users,
+    catalog: _Catalog,
+    sessions: _Sessions,
+    views: _Views,
+    draws: _ViewDraws,
+    root: np.ndarray,
+    funnel: tuple[np.ndarray, np.ndarray, np.ndarray],
+    category_ids: np.ndarray,
+    graph: _Graph,
+    jumps: _Jumps,
+) -> tuple[_Jumps, np.ndarray]:
+    """Send jumps along the graph, one jump index at a time; returns the jumps and which of them
+    follow the graph ((N, MAX_JUMPS_PER_USER) bool).
+
+    Only where jumps go changes (their times and every random draw of the log stay), so the log
+    up to jump j is known once jumps < j are placed: the category a jump leaves is the user's
+    top category by long-half-life, behaviour-weighted decayed interest over those events, the
+    same rule as ``from_category_id``. With ``association_probability`` the jump goes to a
+    weighted neighbour of it the user never had (slots and earlier jumps); otherwise, or when no
+    neighbour is fresh, to the random (popular-weighted) fresh category of the graph-free story.
+    """
+    category = jumps.category.copy()
+    associated = np.zeros(category.shape, dtype=bool)
+    parent, behavior, time_us = funnel
+    event_user, event_view = views.user[parent], root[parent]
+    features = FeatureConfig()
+    behavior_weight = np.array([features.behavior_weights.get(b, 0.0) for b in BEHAVIORS])
+    rate = -math.log(2) / (features.long_half_life_hours * 3600)
+    for j, (who, random_draws) in enumerate(jumps.draws):
+        view_category = _view_categories(
+            draws, users, _Jumps(jumps.time_s, category), sessions, views, graph
+        )
+        jumping = np.zeros(config.users, dtype=bool)
+        jumping[who] = True
+        event = np.flatnonzero(jumping[event_user])
+        jump_us = jumps.time_s[event_user[event], j] * MICROS
+        before = time_us[event] < jump_us
+        event, jump_us = event[before], jump_us[before]
+        decay = np.exp(rate * ((jump_us - time_us[event]) / MICROS))
+        event_category = view_category[event_view[event]]
+        top = (
+            pl.DataFrame(
+                {
+                    "user": event_user[event],
+                    "category": event_category,
+                    "category_id": category_ids[event_category],
+                    "score": behavior_weight[behavior[event]] * decay,
+                }
+            )
+            .group_by("user", "category", "category_id")
+            .agg(pl.col("score").sum())
+            .sort("user", "score", "category_id", descending=[False, True, False])
+            .group_by("user", maintain_order=True)
+            .agg(pl.col("category").first())
+        )
+        source = np.full(config.users, -1, dtype=np.int64)
+        source[top["user"].to_numpy()] = top["category"].to_numpy()
+        source = source[who]
+        rows = np.arange(who.size)
+        known = np.concatenate((users.slot_category[who], category[who, :j]), axis=1)
+        # The graph-free choice, redone against earlier jumps' (maybe new) categories.
+        fresh = (random_draws[:, :, None] != known[:, None, :]).all(axis=2)
+        fallback = np.where(fresh.any(axis=1), random_draws[rows, fresh.argmax(axis=1)], -1)
+        neighbours = graph.dst[np.maximum(source, 0)]
+        open_ = (neighbours[:, :, None] != known[:, None, :]).all(axis=2) & (source >= 0)[:, None]
+        weight = np.where(open_, graph.weight[np.maximum(source, 0)], 0.0)
+        total = weight.sum(axis=1)
+        follow = (rng.random(who.size) < config.association_probability) & (total > 0)
+        threshold = (1.0 - rng.random(who.size)) * total  # in (0, total]: a positive weight
+        index = (np.cumsum(weight, axis=1) < threshold[:, None]).sum(axis=1)
+        index = np.minimum(index, neighbours.shape[1] - 1)
+        new = np.where(follow, neighbours[rows, index], fallback)
+        for row in np.flatnonzero(new < 0):  # all 32 draws known now: rare, tiny catalogues
+            unknown = np.setdiff1d(np.arange(catalog.category_p.size), known[row])
+            new[row] = (
+                unknown[catalog.category_p[unknown].argmax()]
+                if unknown.size
+                else category[who[row], j]
+            )
+        category[who, j] = new
+        associated[who, j] = follow
+    return _Jumps(jumps.time_s, category), associated
 
 
 def _funnel(rng: np.random.Generator, view_time_us: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -550,7 +763,11 @@ def _events_frame(
 
 
 def _migrations_frame(
-    config: SimulationConfig, jumps: _Jumps, category_ids: np.ndarray, events: pl.DataFrame
+    config: SimulationConfig,
+    jumps: _Jumps,
+    associated: np.ndarray,
+    category_ids: np.ndarray,
+    events: pl.DataFrame,
 ) -> pl.DataFrame:
     """The planted jumps; from_category_id is the user's top category by long-half-life decayed,
     behaviour-weighted interest over the events before the jump (what a detector sees)."""
@@ -562,6 +779,7 @@ def _migrations_frame(
             "migrated_at": pl.Series(
                 _epoch_micros(config.start) + jumps.time_s[who, j] * MICROS
             ).cast(pl.Datetime("us")),
+            "associated": pl.Series(associated[who, j], dtype=pl.Boolean),
         }
     )
     features = FeatureConfig()
@@ -589,14 +807,34 @@ def _migrations_frame(
     return (
         planted.lazy()
         .join(from_category, on=["user_id", "migrated_at"], how="left")
-        .select("user_id", "from_category_id", "to_category_id", "migrated_at")
+        .select("user_id", "from_category_id", "to_category_id", "migrated_at", "associated")
         .sort("user_id", "migrated_at")
         .collect()
     )
 
 
+def _associations_frame(graph: _Graph | None, category_ids: np.ndarray | None) -> pl.DataFrame:
+    """The graph as (src_category_id, dst_category_id, weight) rows, by (src, weight desc)."""
+    if graph is None or category_ids is None:
+        src = dst = np.empty(0, dtype=np.int64)
+        weight = np.empty(0)
+    else:
+        k = graph.dst.shape[1]
+        src = np.repeat(category_ids, k)
+        dst = category_ids[graph.dst.ravel()]
+        weight = graph.weight.ravel()
+    return pl.DataFrame(
+        {
+            "src_category_id": pl.Series(src, dtype=pl.Int64),
+            "dst_category_id": pl.Series(dst, dtype=pl.Int64),
+            "weight": pl.Series(weight, dtype=pl.Float64),
+        }
+    ).sort("src_category_id", "weight", descending=[False, True], maintain_order=True)
+
+
 def simulate(config: SimulationConfig) -> Simulation:
-    """Generate the event log and the planted migrations of ``config`` (deterministic in seed)."""
+    """Generate the event log, the planted migrations and the category association graph of
+    ``config`` (deterministic in seed)."""
     rng = np.random.default_rng(config.seed)
     catalog = _build_catalog(rng, config.items, config.n_categories)
     users = _build_users(rng, config, catalog)
@@ -604,9 +842,11 @@ def simulate(config: SimulationConfig) -> Simulation:
     views = _build_views(rng, sessions)
     jumps = _plan_jumps(rng, config, users, catalog, sessions, views)
     interests = _session_interests(config, users, jumps, sessions)
-    category = _view_categories(rng, users, jumps, catalog, sessions, views, interests)
-    fresh_item = catalog.sample_items(rng, category)
-    item = _revisit(rng, fresh_item, users, sessions, views, interests, config.repeat_probability)
+    draws = _draw_view_categories(rng, catalog, sessions, views, interests)
+    item_u = rng.random(views.session.size)  # the fresh item draws' uniforms
+    root = _revisit(
+        rng, views.session.size, users, sessions, views, interests, config.repeat_probability
+    )
     funnel = _funnel(rng, views.time_us)
     # Shuffled ids, so that neither an item's id nor a category's id reveals its rank.
     ids = (
@@ -614,20 +854,58 @@ def simulate(config: SimulationConfig) -> Simulation:
         rng.permutation(catalog.category_p.size).astype(np.int64) + 1,
         catalog.item_category,
     )
+    # The graph and its draws have their own stream: the main one above is the same with or
+    # without it, so association_probability=0 reproduces the graph-free simulator exactly.
+    graph_rng = np.random.default_rng([config.seed, ASSOCIATION_STREAM])
+    graph = _build_graph(graph_rng, catalog, config.associations_per_category)
+    associated = np.zeros(jumps.category.shape, dtype=bool)
+    if config.follows_associations:
+        explorations = draws.explore.size
+        draws = _ViewDraws(
+            draws.session_slot,
+            draws.alt,
+            draws.alt_slot,
+            draws.explore,
+            draws.explored,
+            follow=graph_rng.random(explorations) < config.association_probability,
+            follow_u=graph_rng.random(explorations),
+        )
+        jumps, associated = _associate_jumps(
+            graph_rng,
+            config,
+            users,
+            catalog,
+            sessions,
+            views,
+            draws,
+            root,
+            funnel,
+            ids[1],
+            graph,
+            jumps,
+        )
+    category = _view_categories(draws, users, jumps, sessions, views, graph)
+    item = catalog.items_at(category, item_u)[root]
     # Sessions and funnels that run past midnight of the last day are cut at the horizon, so
     # the last simulated day is as full as the others (a last-day split tests a whole day).
     horizon = config.start + timedelta(days=config.days)
     events = _events_frame(config, sessions, views, item, funnel, ids).filter(
         pl.col("event_time") < horizon
     )
-    return Simulation(events, _migrations_frame(config, jumps, ids[1], events))
+    return Simulation(
+        events,
+        _migrations_frame(config, jumps, associated, ids[1], events),
+        _associations_frame(graph, ids[1]),
+    )
 
 
 def write_simulation(sim: Simulation, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``events.parquet`` and ``migrations.parquet`` into ``directory`` (created if
-    missing), each atomically; returns their paths."""
+    """Write ``events.parquet``, ``migrations.parquet`` and ``category_associations.parquet``
+    into ``directory`` (created if missing), each atomically; returns the first two's paths
+    (the graph's is ``directory / ASSOCIATIONS_FILE``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    _write_atomically(sim.associations, directory / ASSOCIATIONS_FILE)
     return (
         _write_atomically(sim.events, directory / "events.parquet"),
         _write_atomically(sim.migrations, directory / "migrations.parquet"),
