@@ -62,6 +62,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+# One bootstrap for evaluate and this benchmark: users resampled with a fixed seed, so the
+# intervals here match metrics.json's ``ci_low``/``ci_high`` for the same per-user values.
+from recsys.evaluation.bootstrap import bootstrap_interval
+
 console = Console(width=160)  # tables stay readable when printed to a file
 
 PAD = -1  # recsys.evaluation.metrics.PAD
@@ -70,9 +74,6 @@ GROUPS = ("all", "shift", "novel")
 HEADLINE = (("ndcg", 20), ("recall", 50))
 SIMPLE_BASELINES = ("repeat", "blend")
 TOLERANCE = 0.02
-BOOTSTRAP_RESAMPLES = 1000
-BOOTSTRAP_SEED = 0
-CONFIDENCE = 0.90
 SERVED = "served (HTTP)"
 TABLE = "written back (table)"
 STDERR_TAIL = 2_000
@@ -136,29 +137,6 @@ def lists_from_rows(rows: pl.DataFrame) -> dict[int, list[int]]:
     ordered = rows.select("user_id", "rank", "item_id").sort("user_id", "rank")
     grouped = ordered.group_by("user_id", maintain_order=True).agg(pl.col("item_id"))
     return {int(u): [int(i) for i in items] for u, items in grouped.iter_rows()}
-
-
-def bootstrap_interval(
-    values: np.ndarray,
-    *,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    confidence: float = CONFIDENCE,
-    seed: int = BOOTSTRAP_SEED,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of per-user ``values`` (users resampled with
-    replacement, ``resamples`` times, a fixed seed). (nan, nan) for no users."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for start in range(0, resamples, 100):  # bounded memory for large user counts
-        stop = min(start + 100, resamples)
-        idx = rng.integers(0, values.size, size=(stop - start, values.size))
-        means[start:stop] = values[idx].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return float(low), float(high)
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -242,24 +220,24 @@ def stderr_tail(text: str, limit: int = STDERR_TAIL) -> str:
 
 
 def score_lists(recs: Mapping[str, np.ndarray], data) -> pl.DataFrame:
-    """``metrics.evaluate`` as ``recsys evaluate`` calls it."""
-    from recsys.evaluation.metrics import evaluate
+    """``metrics.evaluate`` as ``recsys evaluate`` calls it (the six core columns; the
+    intervals of the headline metrics come from ``intervals``)."""
+    from recsys.evaluation.metrics import RESULT_SCHEMA, evaluate
 
-    return evaluate(recs, data.truth, data.groups, ks=KS, catalogue_size=data.catalogue_size)
+    results = evaluate(
+        recs, data.truth, data.groups, ks=KS, catalogue_size=data.catalogue_size, intervals=False
+    )
+    return results.select(list(RESULT_SCHEMA))
 
 
 def per_user_values(matrix: np.ndarray, data, group: str, metric: str, k: int) -> np.ndarray:
     """float [n_users of group]: the project's per-user metric (what ``evaluate`` averages)."""
-    from recsys.evaluation.metrics import hits, ndcg_at_k, recall_at_k
+    from recsys.evaluation.metrics import per_user_values as project_values
 
-    group_truth = data.groups[group]
-    positions = np.searchsorted(data.truth.user_ids, group_truth.user_ids)
-    hit = hits(matrix[positions], group_truth)
-    if metric == "ndcg":
-        return ndcg_at_k(hit, group_truth.sizes, k)
-    if metric == "recall":
-        return recall_at_k(hit, group_truth.sizes, k)
-    raise ValueError(f"no per-user values for {metric}")
+    if metric not in ("ndcg", "recall", "hit_rate"):
+        raise ValueError(f"no per-user values for {metric}")
+    values = project_values({"m": matrix}, data.truth, {group: data.groups[group]}, ks=(k,))
+    return values[("m", group, metric, k)]
 
 
 def intervals(matrix: np.ndarray, data, results: pl.DataFrame, model: str) -> dict[str, Any]:

@@ -68,7 +68,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-console = Console(width=140)  # tables stay readable when printed to a file
+console = Console(width=180)  # tables stay readable when printed to a file
 # Synthetic items' embeddings: a real one plus this much noise (x the per-dimension std).
 TILE_NOISE = 0.1
 
@@ -140,8 +140,6 @@ def tiled_tables(tables, model_ids, item_ids):
     exp(N(0, TILE_NOISE^2)). ``category_items`` is rebuilt from the tiled items as the table
     builder would (each category's best items by share of its long-horizon popularity, as
     many per category as the model's table keeps), so tiled items compete there too."""
-    import dataclasses
-
     import polars as pl
 
     items = tables.items
@@ -182,32 +180,38 @@ def tiled_tables(tables, model_ids, item_ids):
         .head(keep)
         .select("category_id", "item_id", "share")
     )
-    return dataclasses.replace(tables, items=tiled, category_items=category_items)
+    # A new object, not dataclasses.replace: the tables cache lookups of their frames.
+    return type(tables)(
+        tables.as_of, tiled, tables.transitions, category_items, tables.category_transitions
+    )
 
 
 def components(home: Path, n_items: int):
-    """(catalogue, ModelState, retrieval, description): the deployed ones (``load_model``) for
-    the home's own catalogue (``n_items`` = 0), the tiled ones (module doc) for ``n_items``
-    items. ``retrieval`` is the ranking's ``SavedRetrieval`` (loaded from the model folder when
-    the served policy does not retrieve, so that the raw parts can still be timed)."""
+    """(catalogue, ModelState, retrieval, description): the deployed ones (as ``load_model``
+    loads them: the newest verified model's ranking) for the home's own catalogue (``n_items``
+    = 0), the tiled ones (module doc) for ``n_items`` items.
+    ``retrieval`` is the ranking's ``SavedRetrieval`` (loaded from the model folder when the
+    served policy does not retrieve, so that the raw parts can still be timed)."""
     import copy
     import dataclasses
 
     from recsys.home import resolve_home
-    from recsys.models.artifacts import latest_verified
     from recsys.models.index import EmbeddingIndex
-    from recsys.models.interest import MODEL_NAME
+    from recsys.models.interest import load_latest
     from recsys.models.saved import SavedRetrieval
     from recsys.serving.catalogue import load_catalogue
-    from recsys.serving.service import ModelState, load_model
+    from recsys.serving.service import ModelState
     from recsys.serving.settings import ServiceSettings
 
     paths = resolve_home(home)
     settings = ServiceSettings(paths=paths)
     real = load_catalogue(paths, lock_timeout_s=30)
-    model = load_model(settings, real)
-    ranking = model.ranking
-    retrieval = ranking.ann or SavedRetrieval(latest_verified(settings.models, MODEL_NAME)[0])
+    # What ``load_model`` serves: the newest verified model's ranking.
+    loaded, directory = load_latest(settings.models)
+    ranking = loaded.ranking_
+    name = directory.name
+    model = ModelState(ranking, name, f"loaded: {name} (policy {ranking.spec.name})")
+    retrieval = ranking.ann or SavedRetrieval(directory)
     uses_ann = ranking.ann is not None and "ann" in {s.name for s in ranking.sources()}
     policy = f"policy {ranking.spec.name}" + ("" if uses_ann else " (ranks WITHOUT the ANN)")
     if not n_items:
@@ -445,14 +449,15 @@ def raw_parts(home: Path, n_items: int, users: list[int], repeats: int):
     }
     labels = {
         "read": "online feature read (OnlineReader.read)",
-        "frame": "profile frame (profiles_from_features, one row)",
-        "query": "query tower (SavedRetrieval.embed on the profile frame)",
-        "search": f"ANN top-20 (EmbeddingIndex.top_k, {len(index.ids):,} items, {index.method})",
-        "rank": (
-            f"ranking (Ranking.rank top-20, {ranking.spec.name}, exclude_purchased, "
-            f"ANN included, {ranking.tables.items.height:,} items)"
-        ),
+        "frame": "profile frame (profiles_from_features)",
+        "query": "query tower (SavedRetrieval.embed)",
+        "search": "ANN top-20 (EmbeddingIndex.top_k)",
+        "rank": "ranking (Ranking.rank top-20, ANN inside)",
     }
+    description += (
+        f"; raw ANN: {len(index.ids):,} items, {index.method}; raw ranking: "
+        f"{ranking.spec.name}, exclude_purchased"
+    )
     parts = {name: (labels[name], ordered[name].tolist(), alone[name].tolist()) for name in PARTS}
     return parts, description
 
@@ -562,8 +567,8 @@ def bench_catalogue(
         ranked = [("GET", f"/v1/users/{u}/ranked?k=20", b"") for u in picked]
         bare = []
         for name, requested in (
-            ("GET bare route: retrieval raw parts + HTTP stack only", gets),
-            ("GET bare route: read + Ranking.rank + HTTP stack only", ranked),
+            ("GET bare route: retrieval parts + HTTP stack", gets),
+            ("GET bare route: read + frame + ranking + HTTP stack", ranked),
         ):
             asyncio.run(load(port, requested[:200], 1))  # warm-up
             latencies, rate = asyncio.run(load(port, requested, 1))
@@ -582,18 +587,19 @@ def bench_catalogue(
     }
     size = f"{n_items:,} items" if n_items else "the home's own catalogue"
     table = Table(title=f"serving, {size}: {description}; POLARS_MAX_THREADS={threads}")
-    for column in ("measure", "p50 ms", "p99 ms", "req/s", *(f"p50 / {f}" for f in floors)):
-        table.add_column(column)
+    table.add_column("measure", no_wrap=True)
+    for column in ("p50 ms", "p99 ms", "req/s", *(f"p50 / {f}" for f in floors)):
+        table.add_column(column, justify="right")
     blank = [""] * len(floors)
     for label, ordered, alone in parts.values():
-        for how, values in (("in request order", ordered), ("isolated loop", alone)):
+        for how, values in (("in order", ordered), ("isolated", alone)):
             p50, p99 = np.percentile(values, [50, 99])
             table.add_row(f"raw: {label}, {how}", f"{p50:.3f}", f"{p99:.3f}", "", *blank)
     sums = {
-        "floor": "floor = read + frame + query tower + ANN, in-order p50s",
-        "hot floor": "hot floor = the same, isolated p50s",
-        "ranked floor": "ranked floor = read + frame + ranking (ANN inside), in-order p50s",
-        "hot ranked floor": "hot ranked floor = the same, isolated p50s",
+        "floor": "floor = read + frame + query + ANN, in order",
+        "hot floor": "hot floor = the same, isolated",
+        "ranked floor": "ranked floor = read + frame + ranking, in order",
+        "hot ranked floor": "hot ranked floor = the same, isolated",
     }
     for name, value in floors.items():
         ones = ["1.0x" if other == name else "" for other in floors]

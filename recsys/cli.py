@@ -280,14 +280,17 @@ def evaluate(
     ] = False,
     ablations: Annotated[
         bool,
-        typer.Option(help="Also fit the learned model without the GNN and without the sequence."),
+        typer.Option(
+            help="Also fit the learned model's ablations (one change each): no GNN, no "
+            "sequence encoder, no next-category source, single-query ANN (no multi-interest)."
+        ),
     ] = True,
     home: HomeOption = None,
 ) -> None:
     """Score every model and baseline on a global time split; write metrics.json and plots."""
     from recsys.evaluation.errors import EvaluationError
-    from recsys.ranking.frames import RankingError
     from recsys.evaluation.run import EvaluationConfig, learned_models, run_evaluation
+    from recsys.ranking.frames import RankingError
     from recsys.warehouse.connect import WarehouseBusyError
     from recsys.warehouse.ingest import IngestError, ingest_file
 

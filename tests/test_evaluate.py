@@ -96,15 +96,101 @@ def test_explicit_test_day_in_a_time_zone(home):
 
 
 def test_learned_models_and_their_ablations_change_one_flag_each():
+    from recsys.ranking.policy import RankingSettings
+
     assert list(learned_models(ablations=False)) == ["interest_model"]
     models = learned_models(ablations=True)
     assert list(models) == [
         "interest_model",
         "interest_model-no_gnn",
         "interest_model-no_sequence",
+        "interest_model-no_next_category",
+        "interest_model-no_multi_interest",
     ]
-    towers = {name: make().config.towers for name, make in models.items()}
-    full = towers["interest_model"]
-    assert (full.use_gnn, full.use_sequence) == (True, True)
-    assert towers["interest_model-no_gnn"] == replace(full, use_gnn=False)
-    assert towers["interest_model-no_sequence"] == replace(full, use_sequence=False)
+    configs = {name: make().config for name, make in models.items()}
+    full = configs["interest_model"]
+    assert (full.towers.use_gnn, full.towers.use_sequence) == (True, True)
+    assert full.ranking == RankingSettings()
+    assert full.ranking.next_categories and full.ranking.ann_interests > 0
+    expected = {
+        "interest_model-no_gnn": replace(full, towers=replace(full.towers, use_gnn=False)),
+        "interest_model-no_sequence": replace(
+            full, towers=replace(full.towers, use_sequence=False)
+        ),
+        "interest_model-no_next_category": replace(
+            full, ranking=replace(full.ranking, next_categories=False)
+        ),
+        "interest_model-no_multi_interest": replace(
+            full, ranking=replace(full.ranking, ann_interests=0)
+        ),
+    }
+    for name, config in expected.items():
+        assert configs[name] == config, name
+
+
+class PolicyModel(SpyModel):
+    """A learned-looking model: it names the policy it serves after fit."""
+
+    def fit(self, events: pl.DataFrame, as_of: datetime):
+        self.policy_ = "learned_gbdt"
+        return self
+
+
+def test_metrics_json_rows_carry_intervals_deltas_and_the_served_policy(home):
+    run = run_evaluation(home, models={"interest_model": PolicyModel, "spy": SpyModel})
+    assert run.policies == {"interest_model": "learned_gbdt"}
+    rows = json.loads((run.run_dir / "metrics.json").read_text())
+    assert set(rows[0]) == {
+        "model",
+        "group",
+        "metric",
+        "k",
+        "value",
+        "n_users",
+        "ci_low",
+        "ci_high",
+        "best_baseline",
+        "delta_vs_best_baseline",
+        "delta_ci_low",
+        "delta_ci_high",
+        "policy",
+        "served",
+    }
+    baselines = {"popularity", "recent_popularity", "repeat", "category_interest"}
+    baselines |= {"item_knn", "als", "blend"}
+    for row in rows:
+        learned = row["model"] == "interest_model"
+        assert row["policy"] == ("learned_gbdt" if learned else None)
+        assert row["served"] is learned
+        if row["metric"] == "coverage":
+            assert row["ci_low"] is None and row["delta_vs_best_baseline"] is None
+            continue
+        assert row["ci_low"] <= row["value"] + 1e-12 and row["value"] <= row["ci_high"] + 1e-12
+        assert row["best_baseline"] in baselines
+        best = next(
+            r["value"]
+            for r in rows
+            if (r["model"], r["group"], r["metric"], r["k"])
+            == (row["best_baseline"], row["group"], row["metric"], row["k"])
+        )
+        assert row["delta_vs_best_baseline"] == pytest.approx(row["value"] - best)
+        assert row["delta_ci_low"] <= row["delta_vs_best_baseline"] + 1e-12
+        assert row["delta_vs_best_baseline"] <= row["delta_ci_high"] + 1e-12
+        same = [
+            r["value"]
+            for r in rows
+            if r["model"] in baselines
+            and (r["group"], r["metric"], r["k"]) == (row["group"], row["metric"], row["k"])
+        ]
+        assert best == max(same)
+    # Both spies recommend the same lists: their paired difference has a [0, 0] interval.
+    spy = {(r["group"], r["metric"], r["k"]): r for r in rows if r["model"] == "spy"}
+    for r in rows:
+        if r["model"] == "interest_model" and r["metric"] != "coverage":
+            twin = spy[(r["group"], r["metric"], r["k"])]
+            assert (r["ci_low"], r["ci_high"]) == (twin["ci_low"], twin["ci_high"])
+
+    con = duckdb.connect(str(home.warehouse), read_only=True)
+    [(stored,)] = con.execute("select metrics from evaluation_runs").fetchall()
+    stored = json.loads(stored)
+    assert stored == rows

@@ -212,25 +212,14 @@ def test_a_home_without_a_model_serves_the_repeat_policy(built, tmp_path):
         items = con.sql(
             "select item_id, category_id, pop_short, pop_long, trend from item_stats"
         ).pl()
-    empty = ItemTables.from_events(  # the shapes of the other tables, all empty
-        pl.DataFrame(
-            {
-                "user_id": [1],
-                "item_id": [1],
-                "category_id": [1],
-                "behavior": ["view"],
-                "event_time": [datetime(2000, 1, 1)],
-            }
-        ),
-        datetime(2000, 1, 2),
-        FeatureConfig(),
-    )
-    tables = ItemTables(
+    tables = ItemTables(  # the repeat policy reads the items only
         datetime.min,
         items,
-        empty.transitions.clear(),
-        empty.category_items.clear(),
-        empty.category_transitions.clear(),
+        pl.DataFrame(schema={"src_item_id": pl.Int64, "item_id": pl.Int64, "p": pl.Float64}),
+        pl.DataFrame(schema={"category_id": pl.Int64, "item_id": pl.Int64, "share": pl.Float64}),
+        pl.DataFrame(
+            schema={"src_category_id": pl.Int64, "dst_category_id": pl.Int64, "p": pl.Float64}
+        ),
     )
     repeat = Ranking(POLICIES["repeat"], FeatureConfig(), tables)
     users = known_users(paths).tolist()

@@ -12,7 +12,7 @@ import sys
 import textwrap
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -84,22 +84,42 @@ def _hand_ranker(weights: dict[str, float]) -> LogisticRanker:
     )
 
 
+def _tables(paths) -> ItemTables:
+    """Item tables from the warehouse's ``item_stats``: the items, each category's items by
+    their share of its long-horizon popularity; no transitions."""
+    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+        items = con.sql(
+            "select item_id, category_id, pop_short, pop_long, trend from item_stats order by 1"
+        ).pl()
+    category_items = (
+        items.with_columns(share=pl.col("pop_long") / pl.col("pop_long").sum().over("category_id"))
+        .sort(["category_id", "share", "item_id"], descending=[False, True, False])
+        .group_by("category_id", maintain_order=True)
+        .head(50)
+        .select("category_id", "item_id", "share")
+    )
+    return ItemTables(
+        as_of=datetime.min,
+        items=items,
+        transitions=pl.DataFrame(
+            schema={"src_item_id": pl.Int64, "item_id": pl.Int64, "p": pl.Float64}
+        ),
+        category_items=category_items,
+        category_transitions=pl.DataFrame(
+            schema={"src_category_id": pl.Int64, "dst_category_id": pl.Int64, "p": pl.Float64}
+        ),
+    )
+
+
 def _model(
-    events: pd.DataFrame,
-    policy: str,
-    weights: dict[str, float],
-    ann=None,
-    version: str = "hand-made",
+    paths, policy: str, weights: dict[str, float], ann=None, version: str = "hand-made"
 ) -> ModelState:
-    """A ranking of ``policy`` over item tables from ``events``, ordered by a hand-set ranker
+    """A ranking of ``policy`` over the home's item tables, ordered by a hand-set ranker
     (what `recsys train` would fit), served as ``version``."""
-    frame = pl.from_pandas(events[["user_id", "item_id", "category_id", "behavior", "event_time"]])
-    as_of = frame["event_time"].max() + timedelta(microseconds=1)
-    tables = ItemTables.from_events(frame, as_of, FeatureConfig())
     ranking = Ranking(
         POLICIES[policy],
         FeatureConfig(),
-        tables,
+        _tables(paths),
         ann=ann,
         ranker=_hand_ranker(weights),
         feature_names=tuple(weights),
@@ -206,7 +226,7 @@ def test_a_new_category_shows_up_within_the_call(home):
     old, new = _categories_by_size(events)[:2]
     items = events[events.category_id == new].drop_duplicates("item_id").item_id.head(4).tolist()
     start = events.event_time.max().to_pydatetime()
-    with _client(paths, _model(events, "blend", CATEGORY_FIRST)) as client:
+    with _client(paths, _model(paths, "blend", CATEGORY_FIRST)) as client:
         _post_history(client, events, user, old, start)
         before = client.get(f"/v1/users/{user}/recommendations").json()
         assert before["ranker"] == "blend" and before["model_version"] == "hand-made"
@@ -362,7 +382,7 @@ def test_interests_and_migrations(home):
     user = 900_002
     old, new = _categories_by_size(events)[:2]
     start = events.event_time.max().to_pydatetime()
-    with _client(paths, _model(events, "blend", CATEGORY_FIRST)) as client:
+    with _client(paths, _model(paths, "blend", CATEGORY_FIRST)) as client:
         body = client.get(f"/v1/users/{known}/interests").json()
         assert [c["category_id"] for c in body["short"]] == want[
             "user_interest_short__top_categories_short"
@@ -443,7 +463,7 @@ def test_an_injected_model_with_an_ann_source_is_served(home):
     paths, events = home
     catalogue = load_catalogue(paths, lock_timeout_s=5)
     ann = RandomQueries(catalogue.item_ids)
-    model = _model(events, "learned", {"ann_score": 10.0, "repeat_score": 1.0}, ann, "stub-ann")
+    model = _model(paths, "learned", {"ann_score": 10.0, "repeat_score": 1.0}, ann, "stub-ann")
     user = int(events.user_id.iloc[0])
     settings = ServiceSettings(paths=paths, drain_interval_s=3600.0)
     with TestClient(create_app(settings, model=model, catalogue=catalogue)) as client:
@@ -519,10 +539,17 @@ def test_a_trained_model_is_loaded_and_retrieves(trained, tmp_path):
     scores, items = index({k: tf.constant(v) for k, v in queries.items()})
     n = items.shape[1]
     found = saved.search(profiles, n)
-    np.testing.assert_array_equal(found["item_id"].to_numpy(), items.numpy().ravel())
+    # The same top n up to float32 near-ties: equal score lists, and every item the exported
+    # index returned scores there as the service's index scores it for that query.
     np.testing.assert_allclose(
         found["ann_score"].to_numpy(), scores.numpy().ravel(), rtol=1e-4, atol=1e-5
     )
+    for row, query in enumerate(saved.embed(profiles)):
+        np.testing.assert_allclose(
+            saved.index.score(query, items.numpy()[row]), scores.numpy()[row], rtol=1e-4, atol=1e-5
+        )
+    same = found["item_id"].to_numpy() == items.numpy().ravel()
+    assert same.mean() > 0.95
 
 
 def _free_port() -> int:

@@ -206,7 +206,3 @@ def test_catalogue_categories_of_known_learned_and_unknown_items():
     empty = Catalogue(np.array([], np.int64), np.array([], np.int64), np.array([]))
     empty.learn(4, 8)
     assert empty.categories_of(np.array([4, 5], dtype=np.int64)) == [8, None]
-    # Without item_stats the ranking's item table falls back to the popularity array.
-    frame = catalogue.items_frame()
-    assert frame["item_id"].to_list() == [10, 20, 30]
-    assert frame["pop_long"].to_list() == frame["pop_short"].to_list() == [0.1, 0.2, 0.3]

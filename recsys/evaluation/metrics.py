@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import polars as pl
 
+from recsys.evaluation.bootstrap import INTERVAL_SCHEMA, RESAMPLES, SEED, interval_frame
 from recsys.evaluation.errors import EvaluationError
 from recsys.ranking.frames import PAD
 from recsys.ranking.metrics import (
@@ -23,14 +24,22 @@ from recsys.ranking.metrics import (
 )
 
 METRICS = ("recall", "ndcg", "hit_rate", "coverage")
-RESULT_SCHEMA = {
-    "model": pl.String,
-    "group": pl.String,
-    "metric": pl.String,
-    "k": pl.Int64,
-    "value": pl.Float64,
-    "n_users": pl.Int64,
-}
+# The non-learned models of ``recsys evaluate`` (run.baseline_factories): deltas and their
+# intervals are taken against the best of them on each group, metric and k.
+BASELINES = (
+    "popularity",
+    "recent_popularity",
+    "repeat",
+    "category_interest",
+    "item_knn",
+    "als",
+    "blend",
+)
+KEY_SCHEMA = {"model": pl.String, "group": pl.String, "metric": pl.String, "k": pl.Int64}
+# The columns every results frame has (``check_results``).
+RESULT_SCHEMA = {**KEY_SCHEMA, "value": pl.Float64, "n_users": pl.Int64}
+# ``evaluate``'s full result: RESULT_SCHEMA + the bootstrap columns (null for coverage).
+EVALUATE_SCHEMA = {**RESULT_SCHEMA, **INTERVAL_SCHEMA}
 
 
 def coverage_at_k(recs: np.ndarray, k: int, catalogue_size: int) -> float:
@@ -41,6 +50,28 @@ def coverage_at_k(recs: np.ndarray, k: int, catalogue_size: int) -> float:
     return len(np.unique(top[top != PAD])) / catalogue_size
 
 
+def per_user_values(
+    recs: Mapping[str, np.ndarray],
+    truth: GroundTruth,
+    groups: Mapping[str, GroundTruth] | None = None,
+    ks: Sequence[int] = (20, 50),
+) -> dict[tuple[str, str, str, int], np.ndarray]:
+    """{(model, group, metric, k): float [n_users of the group]} for the per-user metrics
+    (recall, ndcg, hit_rate), users in each group's ``user_ids`` order (the same for every
+    model). ``evaluate``'s values are their means. Empty groups are left out."""
+    groups = {"all": truth} if groups is None else groups
+    out: dict[tuple[str, str, str, int], np.ndarray] = {}
+    for model, matrix in recs.items():
+        matrix = _checked(model, matrix, truth, ks)
+        for group, group_truth in groups.items():
+            if group_truth.n_users == 0:
+                continue
+            sub = matrix[_positions(group, truth, group_truth)]
+            for (metric, k), values in _user_metrics(sub, group_truth, ks).items():
+                out[(model, group, metric, k)] = values
+    return out
+
+
 def evaluate(
     recs: Mapping[str, np.ndarray],
     truth: GroundTruth,
@@ -48,56 +79,82 @@ def evaluate(
     ks: Sequence[int] = (20, 50),
     *,
     catalogue_size: int | None = None,
+    intervals: bool = True,
+    baselines: Sequence[str] = BASELINES,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
 ) -> pl.DataFrame:
     """Score every model on every user group, long format.
 
     ``recs`` maps a model name to an int matrix [truth.n_users, K >= max(ks)] whose rows follow
     ``truth.user_ids``. ``groups`` maps a group name to a ground truth over a subset of those users
     (defaults to {"all": truth}). Coverage is reported when ``catalogue_size`` is given.
-    Returns columns model, group, metric, k, value (mean over the group's users), n_users.
+    Returns columns model, group, metric, k, value (mean over the group's users), n_users and,
+    with ``intervals``, the paired bootstrap columns of ``bootstrap.interval_frame`` (90%
+    intervals over users, ``resamples`` resamples with ``seed``; deltas against the best of
+    ``baselines``); coverage rows and ``intervals=False`` leave those columns null.
     """
     groups = {"all": truth} if groups is None else groups
+    per_user = per_user_values(recs, truth, groups, ks)
     rows: list[dict[str, object]] = []
     for model, matrix in recs.items():
-        matrix = check_recs(matrix, truth.n_users)
-        if matrix.shape[1] < max(ks):
-            raise EvaluationError(f"{model}: {matrix.shape[1]} columns < k={max(ks)}")
+        matrix = _checked(model, matrix, truth, ks)
         for group, group_truth in groups.items():
-            rows.extend(_group_rows(model, group, matrix, truth, group_truth, ks, catalogue_size))
-    return pl.DataFrame(rows, schema=RESULT_SCHEMA)
+            n = group_truth.n_users
+            if n == 0:
+                continue
+            for k in ks:
+                for metric in METRICS:
+                    if metric == "coverage":
+                        if catalogue_size is None:
+                            continue
+                        sub = matrix[_positions(group, truth, group_truth)]
+                        value = coverage_at_k(sub, k, catalogue_size)
+                    else:
+                        value = per_user[(model, group, metric, k)].mean()
+                    rows.append(
+                        {
+                            "model": model,
+                            "group": group,
+                            "metric": metric,
+                            "k": k,
+                            "value": float(value),
+                            "n_users": n,
+                        }
+                    )
+    results = pl.DataFrame(rows, schema=RESULT_SCHEMA)
+    if intervals and per_user:
+        ci = interval_frame(per_user, baselines=baselines, resamples=resamples, seed=seed)
+    else:
+        ci = pl.DataFrame(schema={**KEY_SCHEMA, **INTERVAL_SCHEMA})
+    return results.join(ci, on=list(KEY_SCHEMA), how="left", maintain_order="left")
 
 
-def _group_rows(
-    model: str,
-    group: str,
-    matrix: np.ndarray,
-    truth: GroundTruth,
-    group_truth: GroundTruth,
-    ks: Sequence[int],
-    catalogue_size: int | None,
-) -> list[dict[str, object]]:
-    n = group_truth.n_users
-    if n == 0:
-        return []
+def _checked(model: str, matrix: np.ndarray, truth: GroundTruth, ks: Sequence[int]) -> np.ndarray:
+    matrix = check_recs(matrix, truth.n_users)
+    if matrix.shape[1] < max(ks):
+        raise EvaluationError(f"{model}: {matrix.shape[1]} columns < k={max(ks)}")
+    return matrix
+
+
+def _positions(group: str, truth: GroundTruth, group_truth: GroundTruth) -> np.ndarray:
+    """Rows of ``truth``'s users that ``group_truth`` holds (every one must be there)."""
     positions = np.searchsorted(truth.user_ids, group_truth.user_ids)
     if np.any(positions >= truth.n_users) or np.any(
-        truth.user_ids[positions] != group_truth.user_ids
+        truth.user_ids[np.minimum(positions, truth.n_users - 1)] != group_truth.user_ids
     ):
         raise EvaluationError(f"group {group!r} has users outside the evaluated users")
-    sub = matrix[positions]
+    return positions
+
+
+def _user_metrics(
+    sub: np.ndarray, group_truth: GroundTruth, ks: Sequence[int]
+) -> dict[tuple[str, int], np.ndarray]:
     hit = hits(sub, group_truth)
     sizes = group_truth.sizes
-    out = []
+    out: dict[tuple[str, int], np.ndarray] = {}
     for k in ks:
-        values = {
-            "recall": recall_at_k(hit, sizes, k).mean(),
-            "ndcg": ndcg_at_k(hit, sizes, k).mean(),
-            "hit_rate": hit_rate_at_k(hit, k).mean(),
-        }
-        if catalogue_size is not None:
-            values["coverage"] = coverage_at_k(sub, k, catalogue_size)
-        out.extend(
-            {"model": model, "group": group, "metric": m, "k": k, "value": float(v), "n_users": n}
-            for m, v in values.items()
-        )
+        out[("recall", k)] = recall_at_k(hit, sizes, k)
+        out[("ndcg", k)] = ndcg_at_k(hit, sizes, k)
+        out[("hit_rate", k)] = hit_rate_at_k(hit, k)
     return out

@@ -34,13 +34,22 @@ def _select(results: pl.DataFrame, metric: str, k: int) -> pl.DataFrame:
 def plot_metric_by_model(
     results: pl.DataFrame, path: Path, *, metric: str, k: int, group: str = "all"
 ) -> Path:
-    """Horizontal bars: ``metric@k`` of each model on one user group."""
+    """Horizontal bars: ``metric@k`` of each model on one user group, with the 90% bootstrap
+    interval as an error bar where the results have one (``ci_low``/``ci_high``)."""
     chosen = _select(results, metric, k).filter(pl.col("group") == group)
     if chosen.is_empty():
         raise EvaluationError(f"no {metric}@{k} values for group {group!r}")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.45 * chosen.height + 1.5))
-    ax.barh(chosen["model"].to_list(), chosen["value"].to_numpy(), color="tab:blue")
+    values = chosen["value"].to_numpy()
+    xerr = None
+    if {"ci_low", "ci_high"} <= set(chosen.columns):
+        low = chosen["ci_low"].fill_null(float("nan")).to_numpy().astype(float)
+        high = chosen["ci_high"].fill_null(float("nan")).to_numpy().astype(float)
+        if not np.isnan(low).all():
+            spread = np.stack([values - low, high - values])
+            xerr = np.clip(np.nan_to_num(spread), 0.0, None)
+    ax.barh(chosen["model"].to_list(), values, color="tab:blue", xerr=xerr, capsize=3)
     ax.invert_yaxis()
     ax.set_xlabel(f"{metric}@{k}")
     ax.set_title(f"{metric}@{k} by model ({group}, n={chosen['n_users'][0]})")

@@ -10,9 +10,13 @@ import polars as pl
 from rich.table import Table
 
 from recsys.evaluation.errors import EvaluationError
-from recsys.evaluation.metrics import RESULT_SCHEMA
+from recsys.evaluation.metrics import EVALUATE_SCHEMA, RESULT_SCHEMA
 
 METRICS_FILE = "metrics.json"
+# A metrics.json row: evaluate's columns plus, per model, the policy a learned model served
+# (null for baselines) and whether it is the model ``recsys serve`` serves.
+MODEL_SCHEMA = {"policy": pl.String, "served": pl.Boolean}
+METRICS_JSON_SCHEMA = {**EVALUATE_SCHEMA, **MODEL_SCHEMA}
 
 
 def check_results(results: pl.DataFrame) -> None:
@@ -24,18 +28,38 @@ def check_results(results: pl.DataFrame) -> None:
         raise EvaluationError("results frame is empty")
 
 
-def write_metrics_json(results: pl.DataFrame, run_dir: Path) -> Path:
-    """Write ``run_dir/metrics.json``: a list of {model, group, metric, k, value, n_users}."""
+def normalized(results: pl.DataFrame) -> pl.DataFrame:
+    """``results`` with exactly the ``METRICS_JSON_SCHEMA`` columns, in order (absent ones
+    null; ``served`` false when absent)."""
     check_results(results)
+    missing = {c: t for c, t in METRICS_JSON_SCHEMA.items() if c not in results.columns}
+    results = results.with_columns(
+        pl.lit(False if c == "served" else None, dtype=t).alias(c) for c, t in missing.items()
+    )
+    return results.select(pl.col(c).cast(t) for c, t in METRICS_JSON_SCHEMA.items())
+
+
+def metrics_rows(results: pl.DataFrame) -> list[dict[str, object]]:
+    """The rows of metrics.json (also the ``evaluation_runs.metrics`` JSON): one object per
+    (model, group, metric, k) with the ``METRICS_JSON_SCHEMA`` keys; NaN becomes null."""
+    return normalized(results).fill_nan(None).to_dicts()
+
+
+def write_metrics_json(results: pl.DataFrame, run_dir: Path) -> Path:
+    """Write ``run_dir/metrics.json``: a list of ``metrics_rows(results)``."""
+    rows = metrics_rows(results)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / METRICS_FILE
-    path.write_text(json.dumps(results.select(list(RESULT_SCHEMA)).to_dicts(), indent=1) + "\n")
+    path.write_text(json.dumps(rows, indent=1) + "\n")
     return path
 
 
 def read_metrics_json(path: Path) -> pl.DataFrame:
-    """The frame a ``write_metrics_json`` call wrote."""
-    return pl.DataFrame(json.loads(path.read_text()), schema=RESULT_SCHEMA)
+    """The frame a ``write_metrics_json`` call wrote (older files without the interval or
+    model columns get them as nulls)."""
+    rows = json.loads(path.read_text())
+    frame = pl.DataFrame(rows, schema_overrides=RESULT_SCHEMA, infer_schema_length=None)
+    return normalized(frame)
 
 
 def metrics_table(

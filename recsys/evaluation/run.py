@@ -4,7 +4,9 @@ Protocol: train on events before T, test on [T, T + window) for users active on 
 with features as of T only (each recommender's ``fit(events, as_of=T)`` never reads events at or
 after T). Baselines run in the same call on the same split. Output, per run:
 
-- ``DIR/evaluation/<run_id>/metrics.json``: one object per (model, group, metric, k);
+- ``DIR/evaluation/<run_id>/metrics.json``: one object per (model, group, metric, k) with the
+  mean, a 90% paired bootstrap interval over users and the difference to the best baseline
+  (``metrics.evaluate``), and for learned models the policy they served;
 - PNG plots beside it (metric by model, metric by user group);
 - a row in the warehouse table ``evaluation_runs``.
 """
@@ -35,7 +37,7 @@ from recsys.evaluation.baselines import (
 )
 from recsys.evaluation.metrics import evaluate
 from recsys.evaluation.plots import write_plots
-from recsys.evaluation.report import metrics_table, write_metrics_json
+from recsys.evaluation.report import metrics_rows, metrics_table, write_metrics_json
 from recsys.evaluation.split import (
     EvaluationSet,
     TimeSplit,
@@ -95,25 +97,41 @@ def baseline_factories(config: FeatureConfig) -> dict[str, RecommenderFactory]:
 LEARNED_MODEL = "interest_model"
 
 
-def learned_models(*, ablations: bool) -> dict[str, RecommenderFactory]:
-    """The learned interest model and, with ``ablations``, its variants without the GNN
-    inputs and without the sequence encoder (same data, same seeds, one change each)."""
+ABLATIONS = ("no_gnn", "no_sequence", "no_next_category", "no_multi_interest")
 
-    def variant(**flags: bool) -> RecommenderFactory:
+
+def learned_models(*, ablations: bool) -> dict[str, RecommenderFactory]:
+    """The learned interest model and, with ``ablations``, its variants (same data, same
+    seeds, one change each): ``-no_gnn`` (tower inputs without the GNN embeddings),
+    ``-no_sequence`` (no sequence encoder), ``-no_next_category`` (no next-category candidate
+    source) and ``-no_multi_interest`` (one ANN query per user instead of one per interest)."""
+
+    def variant(towers: dict[str, bool] | None = None, **ranking: object) -> RecommenderFactory:
         def make() -> Recommender:
             from dataclasses import replace
 
             from recsys.models.interest import InterestConfig, InterestModel
             from recsys.models.retrieval import default_tower_config
+            from recsys.ranking.policy import RankingSettings
 
-            return InterestModel(InterestConfig(towers=replace(default_tower_config(), **flags)))
+            return InterestModel(
+                InterestConfig(
+                    towers=replace(default_tower_config(), **(towers or {})),
+                    ranking=replace(RankingSettings(), **ranking),
+                )
+            )
 
         return make
 
     models = {LEARNED_MODEL: variant()}
     if ablations:
-        models[f"{LEARNED_MODEL}-no_gnn"] = variant(use_gnn=False)
-        models[f"{LEARNED_MODEL}-no_sequence"] = variant(use_sequence=False)
+        changes: dict[str, RecommenderFactory] = {
+            "no_gnn": variant({"use_gnn": False}),
+            "no_sequence": variant({"use_sequence": False}),
+            "no_next_category": variant(next_categories=False),
+            "no_multi_interest": variant(ann_interests=0),
+        }
+        models.update({f"{LEARNED_MODEL}-{name}": changes[name] for name in ABLATIONS})
     return models
 
 
@@ -133,6 +151,8 @@ class EvaluationRun:
     results: pl.DataFrame
     run_dir: Path
     plots: list[Path]
+    # model -> the policy it served (learned models only; chosen on its validation window)
+    policies: dict[str, str] = field(default_factory=dict)
 
 
 def load_events(paths: Paths) -> pl.DataFrame:
@@ -168,8 +188,11 @@ def run_evaluation(
     split = choose_split(events, config)
     data = build_evaluation_set(events, split, config=config.features)
     factories = {**baseline_factories(config.features), **(models or {})}
-    recs = _recommend_all(factories, data, console)
-    results = evaluate(recs, data.truth, data.groups, ks=KS, catalogue_size=data.catalogue_size)
+    recs, policies = _recommend_all(factories, data, console)
+    results = with_models(
+        evaluate(recs, data.truth, data.groups, ks=KS, catalogue_size=data.catalogue_size),
+        policies,
+    )
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     run_dir = paths.evaluation / run_id
     metrics_path = write_metrics_json(results, run_dir)
@@ -177,13 +200,26 @@ def run_evaluation(
     _record_run(paths, run_id, split, data, list(factories), results, metrics_path)
     console.print(metrics_table(results, columns=HEADLINE))
     console.print(f"wrote {metrics_path} and {len(plots)} plots")
-    return EvaluationRun(run_id, split, results, run_dir, plots)
+    return EvaluationRun(run_id, split, results, run_dir, plots, policies)
+
+
+def with_models(results: pl.DataFrame, policies: Mapping[str, str]) -> pl.DataFrame:
+    """``results`` plus ``policy`` (the policy each learned model served, null for the others)
+    and ``served`` (true for ``LEARNED_MODEL``, the configuration ``recsys train`` serves)."""
+    return results.with_columns(
+        pl.col("model")
+        .replace_strict(dict(policies), default=None, return_dtype=pl.String)
+        .alias("policy"),
+        (pl.col("model") == LEARNED_MODEL).alias("served"),
+    )
 
 
 def _recommend_all(
     factories: Mapping[str, RecommenderFactory], data: EvaluationSet, console: Console
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every model's recommendation matrix and the policy of those that choose one."""
     recs: dict[str, np.ndarray] = {}
+    policies: dict[str, str] = {}
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("evaluating", total=len(factories))
         for name, factory in factories.items():
@@ -191,10 +227,13 @@ def _recommend_all(
             started = time.perf_counter()
             model = factory().fit(data.train, data.split.train_end)
             recs[name] = model.recommend(data.user_ids, max(KS))
-            served = f", serves the {model.policy_} policy" if hasattr(model, "policy_") else ""
+            served = ""
+            if getattr(model, "policy_", None) is not None:
+                policies[name] = str(model.policy_)
+                served = f", serves the {model.policy_} policy"
             console.log(f"{name}: {time.perf_counter() - started:.1f}s{served}")
             progress.advance(task)
-    return recs
+    return recs, policies
 
 
 def _record_run(
@@ -218,7 +257,7 @@ def _record_run(
                 split.test_end,
                 data.truth.n_users,
                 models,
-                json.dumps(results.to_dicts()),
+                json.dumps(metrics_rows(results)),
                 str(metrics_path),
             ],
         )

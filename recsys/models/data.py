@@ -32,6 +32,8 @@ from recsys.warehouse.connect import EVENT_KEY, connect
 
 QUERY_SERVICE = "two_tower_v1_query"
 CANDIDATE_SERVICE = "two_tower_v1_candidate"
+# The marts ``Edges`` holds, in its field order.
+EDGE_MARTS = ("edges_user_item", "edges_item_item", "category_transitions", "item_stats")
 EMBEDDING_FILES = {
     "user": "user_embeddings.parquet",
     "item": "item_embeddings.parquet",
@@ -80,11 +82,14 @@ def snapshot_schedule(first: datetime, as_of: datetime, every: timedelta) -> lis
 
 @dataclass(frozen=True)
 class Edges:
-    """The graph marts as of one time: user-item (per behaviour) and item-item edges."""
+    """The graph marts as of one time: user-item (per behaviour), item-item and
+    category-category edges."""
 
     as_of: datetime
     user_item: pl.DataFrame  # user_id, item_id, behavior, weight
     item_item: pl.DataFrame  # src_item_id, dst_item_id, weight
+    category_category: pl.DataFrame  # the category_transitions mart
+    item_stats: pl.DataFrame  # the item_stats mart
 
 
 class PrivateHome:
@@ -133,7 +138,7 @@ class PrivateHome:
     def edges(self, as_of: datetime) -> Edges:
         """Build the marts as of ``as_of`` (no exports) and read the edge marts."""
         build(self.paths, as_of=as_of, config=self.config, export=False)
-        return Edges(as_of, *self._read("edges_user_item", "edges_item_item"))
+        return Edges(as_of, *self._read(*EDGE_MARTS))
 
     def build_features(self) -> tuple[Edges, pl.DataFrame]:
         """Build marts and Feast exports as of ``as_of``, apply the feature repo.
@@ -144,12 +149,10 @@ class PrivateHome:
         from recsys.features.repo import apply, feature_store
 
         build(self.paths, as_of=self.as_of, config=self.config, snapshots=self.snapshots[:-1])
-        user_item, item_item, migrations = self._read(
-            "edges_user_item", "edges_item_item", "interest_migrations"
-        )
+        *marts, migrations = self._read(*EDGE_MARTS, "interest_migrations")
         apply(self.paths)
         self._store = feature_store(self.paths)
-        return Edges(self.as_of, user_item, item_item), migrations
+        return Edges(self.as_of, *marts), migrations
 
     def _read(self, *tables: str) -> list[pl.DataFrame]:
         con = connect(self.paths, read_only=True)

@@ -110,7 +110,16 @@ class InterestModel:
             profiles = {
                 t: profiles_at(home.paths, users, t, store=home.store) for t in (t0, t1, as_of)
             }
-            tables = {t: ItemTables.from_events(events, t, c.features, c.tables) for t in profiles}
+            tables = {
+                t: ItemTables.from_marts(
+                    t,
+                    item_stats=retriever.edges[t].item_stats,
+                    item_item=retriever.edges[t].item_item,
+                    category_transitions=retriever.edges[t].category_category,
+                    settings=c.tables,
+                )
+                for t in profiles
+            }
             ann = {
                 t: retriever.search_at(t, tables[t].items["item_id"].to_numpy()) for t in profiles
             }
@@ -231,6 +240,11 @@ class InterestModel:
         """int64 [len(user_ids), k] item ids, best first, -1 padded, ranked from the profiles as
         of the fitted as_of; users without a profile get the popular items."""
         self._require_fitted()
+        if not hasattr(self, "profiles_"):
+            raise LearnedModelError(
+                "a loaded model has no profiles of its own: rank profiles with ranking_.rank "
+                "(recsys score reads them from the home)"
+            )
         user_ids = np.asarray(user_ids, np.int64)
         profiles = self.profiles_.filter(pl.col("user_id").is_in(user_ids.tolist()))
         recs = recommendation_matrix(self.ranking_.rank(profiles, k), user_ids, k)

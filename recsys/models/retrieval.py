@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import tensorflow as tf
 
-from recsys.models.data import LearnedModelError, PrivateHome, labelled_interactions
+from recsys.models.data import Edges, LearnedModelError, PrivateHome, labelled_interactions
 from recsys.models.graph import GraphEmbeddings, GraphEncoder, NodeIndex, link_targets
 from recsys.models.index import EmbeddingIndex, search_frame
 from recsys.models.towers import ITEM_DENSE, QUERY_DENSE, FeatureEncoder
@@ -52,6 +52,8 @@ class Retriever:
     encoder: FeatureEncoder
     model: TwoTowerModel
     graph: dict[datetime, GraphEmbeddings]
+    # the marts as of each time of ``graph``
+    edges: dict[datetime, Edges]
     migrations: pl.DataFrame
     sample_query: dict[str, np.ndarray]  # one row of query inputs (traces the exported index)
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -181,6 +183,7 @@ def fit_retriever(home: PrivateHome, config) -> Retriever:
         encoder=encoder,
         model=result.model,
         graph=graph,
+        edges={e.as_of: e for e in (edges_t0, edges_t1, edges_now)},
         migrations=migrations,
         sample_query={k: v[:1] for k, v in data["validation"].query.items()},
         history=result.history,

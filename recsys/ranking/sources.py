@@ -174,10 +174,8 @@ class CategorySource:
     def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
         n = self.name
         interests = users.interests.filter(pl.col("position") < self.n_categories)
-        items = (
-            tables.rows("category_items", interests["category_id"])
-            .group_by("category_id", maintain_order=True)
-            .head(self.items_per_category)
+        items = tables.rows(
+            "category_items", interests["category_id"], per_key=self.items_per_category
         )
         return (
             interests.join(items, on="category_id")
@@ -209,11 +207,7 @@ class NextCategorySource:
     def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
         n = self.name
         current = users.interests.filter(pl.col("position") < self.n_categories)
-        nexts = (
-            tables.rows("category_transitions", current["category_id"])
-            .group_by("src_category_id", maintain_order=True)
-            .head(self.n_next)
-        )
+        nexts = tables.rows("category_transitions", current["category_id"], per_key=self.n_next)
         weights = (
             current.select("user_id", "interest_share", src_category_id="category_id")
             .join(nexts, on="src_category_id")
@@ -222,10 +216,8 @@ class NextCategorySource:
             # the user's own top categories are the category source's
             .join(users.interests, on=["user_id", "category_id"], how="anti")
         )
-        items = (
-            tables.rows("category_items", weights["category_id"])
-            .group_by("category_id", maintain_order=True)
-            .head(self.items_per_category)
+        items = tables.rows(
+            "category_items", weights["category_id"], per_key=self.items_per_category
         )
         return _top(
             weights.join(items, on="category_id")

@@ -1,15 +1,15 @@
-"""The item-side tables a ranking reads, computed from events strictly before one time.
+"""The item-side tables a ranking reads, taken from the SQL marts built as of one time.
 
-- ``items``: item_id, category_id (its latest), pop_short, pop_long (behaviour-weighted decayed
-  popularity at the short and long half-lives), trend (pop_short / pop_long share ratio);
-- ``transitions``: src_item_id, item_id, p: within-session next-item probabilities (consecutive
-  distinct items of one user with a gap under the session gap, weighted by the next event's
-  behaviour, normalised per source item; the best ``max_next_items`` per source);
+- ``items``: item_id, category_id, pop_short, pop_long (behaviour-weighted decayed popularity
+  at the short and long half-lives), trend (the ``item_stats`` mart);
+- ``transitions``: src_item_id, item_id, p: within-session next-item probabilities (the
+  ``edges_item_item`` mart), the best ``max_next_items`` per source item;
 - ``category_items``: category_id, item_id, share: each category's most popular items and their
   share of the category's long-horizon popularity;
-- ``category_transitions``: src_category_id, dst_category_id, p: how often users who leave one
-  category for another choose each destination (session category changes and detected
-  migrations; see ``recsys.ranking.sources.NextCategorySource``).
+- ``category_transitions``: src_category_id, dst_category_id, p: where users go when they leave
+  a category (the ``category_transitions`` mart: session category changes and detected
+  migrations), the strongest ``max_next_categories`` per source category; read by
+  ``recsys.ranking.sources.NextCategorySource``.
 
 Saved with a model as Parquet, so the service ranks with the very tables the model was
 validated with.
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recsys.config import FeatureConfig
-from recsys.ranking.frames import RankingError, behavior_weight, decayed_weight, events_before
+from recsys.home import Paths
+from recsys.ranking.frames import RankingError
 
 TABLES = ("items", "transitions", "category_items", "category_transitions")
 # Each table is sorted by its key first, so that rows of a few keys are found by binary search
@@ -60,8 +60,11 @@ class ItemTables:
     category_transitions: pl.DataFrame
     _keys: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
-    def rows(self, table: str, keys: pl.Series | np.ndarray) -> pl.DataFrame:
-        """The rows of ``table`` whose key (``KEYS``) is one of ``keys``, in table order."""
+    def rows(
+        self, table: str, keys: pl.Series | np.ndarray, *, per_key: int | None = None
+    ) -> pl.DataFrame:
+        """The rows of ``table`` whose key (``KEYS``) is one of ``keys``, in table order (best
+        first within a key); with ``per_key``, only the first that many of each key."""
         frame = getattr(self, table)
         sorted_keys = self._keys.get(table)
         if sorted_keys is None:
@@ -73,6 +76,8 @@ class ItemTables:
         starts = np.searchsorted(sorted_keys, wanted, side="left")
         lengths = np.searchsorted(sorted_keys, wanted, side="right") - starts
         # positions starts[j] .. starts[j] + lengths[j] - 1 for every wanted key j, in one go
+        if per_key is not None:
+            lengths = np.minimum(lengths, per_key)
         offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
         return frame[offsets + np.arange(lengths.sum())]
 
@@ -87,22 +92,79 @@ class ItemTables:
         return self.items[ranked[:n]].select("item_id", pl.col("pop_long").alias("popular_score"))
 
     @classmethod
-    def from_events(
+    def from_marts(
         cls,
-        events: pl.DataFrame,
         as_of: datetime,
-        config: FeatureConfig,
+        *,
+        item_stats: pl.DataFrame,
+        item_item: pl.DataFrame,
+        category_transitions: pl.DataFrame,
         settings: TableSettings = TableSettings(),
     ) -> ItemTables:
-        events = events_before(events, as_of).sort("user_id", "event_time", "item_id")
+        """The tables from the marts ``item_stats``, ``edges_item_item`` and
+        ``category_transitions``, all built as of ``as_of``."""
+        items = item_stats.select(
+            pl.col("item_id").cast(pl.Int64),
+            pl.col("category_id").cast(pl.Int64),
+            pl.col("pop_short").cast(pl.Float64),
+            pl.col("pop_long").cast(pl.Float64),
+            pl.col("trend").cast(pl.Float64).fill_null(0.0),
+        ).sort("item_id")
         return cls(
             as_of=as_of,
-            items=_items(events, as_of, config),
-            transitions=_transitions(events, config, settings.max_next_items),
-            category_items=_category_items(events, as_of, config, settings.category_items),
-            category_transitions=_category_transitions(
-                events, config, settings.max_next_categories
+            items=items,
+            transitions=_best(
+                item_item.select(
+                    pl.col("src_item_id").cast(pl.Int64),
+                    pl.col("dst_item_id").cast(pl.Int64).alias("item_id"),
+                    pl.col("weight").cast(pl.Float64).alias("p"),
+                ),
+                "src_item_id",
+                "p",
+                "item_id",
+                settings.max_next_items,
             ),
+            category_items=_best(
+                items.with_columns(
+                    share=pl.col("pop_long") / pl.col("pop_long").sum().over("category_id")
+                ).select("category_id", "item_id", "share"),
+                "category_id",
+                "share",
+                "item_id",
+                settings.category_items,
+            ),
+            category_transitions=_best(
+                category_transitions.select(
+                    pl.col("src_category_id").cast(pl.Int64),
+                    pl.col("dst_category_id").cast(pl.Int64),
+                    pl.col("p").cast(pl.Float64),
+                ),
+                "src_category_id",
+                "p",
+                "dst_category_id",
+                settings.max_next_categories,
+            ),
+        )
+
+    @classmethod
+    def from_warehouse(
+        cls, paths: Paths, settings: TableSettings = TableSettings(), *, lock_timeout_s: float = 30
+    ) -> ItemTables:
+        """The tables from a built warehouse's marts (as of its last build)."""
+        from recsys.warehouse.writeback import open_for_read
+
+        with open_for_read(paths, lock_timeout_s=lock_timeout_s) as con:
+            (as_of,) = con.execute("select as_of from recsys_params").fetchone()
+            marts = {
+                name: pl.DataFrame(con.execute(f"select * from {name}").fetchnumpy())
+                for name in ("item_stats", "edges_item_item", "category_transitions")
+            }
+        return cls.from_marts(
+            as_of,
+            item_stats=marts["item_stats"],
+            item_item=marts["edges_item_item"],
+            category_transitions=marts["category_transitions"],
+            settings=settings,
         )
 
     def save(self, directory: Path) -> None:
@@ -117,76 +179,11 @@ class ItemTables:
         return cls(as_of, **{n: pl.read_parquet(Path(directory) / f"{n}.parquet") for n in TABLES})
 
 
-def _items(events: pl.DataFrame, as_of: datetime, config: FeatureConfig) -> pl.DataFrame:
-    c = config
+def _best(frame: pl.DataFrame, key: str, score: str, tie: str, keep: int) -> pl.DataFrame:
+    """The ``keep`` rows of highest ``score`` per ``key`` (ties: lower ``tie``), sorted by key
+    and then best first (the order ``ItemTables.rows`` and the sources rely on)."""
     return (
-        events.group_by("item_id")
-        .agg(
-            pl.col("category_id").last(),
-            decayed_weight(c, as_of, c.short_half_life_hours).sum().alias("pop_short"),
-            decayed_weight(c, as_of, c.long_half_life_hours).sum().alias("pop_long"),
-        )
-        .with_columns(
-            trend=(pl.col("pop_short") / pl.col("pop_short").sum())
-            / (pl.col("pop_long") / pl.col("pop_long").sum())
-        )
-        .sort("item_id")
-    )
-
-
-def _session_pairs(events: pl.DataFrame, config: FeatureConfig, key: str) -> pl.DataFrame:
-    """(src, dst, w): consecutive events of one user, within the session gap, whose ``key``
-    changes; ``w`` is the behaviour weight of the later event. ``events`` sorted by user, time."""
-    gap = pl.duration(minutes=config.session_gap_minutes)
-    return (
-        events.with_columns(
-            src=pl.col(key).shift(1).over("user_id"),
-            src_time=pl.col("event_time").shift(1).over("user_id"),
-            w=behavior_weight(config),
-        )
-        .filter((pl.col("event_time") - pl.col("src_time") <= gap) & (pl.col("src") != pl.col(key)))
-        .select("src", pl.col(key).alias("dst"), "w")
-    )
-
-
-def _normalised(pairs: pl.DataFrame, keep: int) -> pl.DataFrame:
-    """(src, dst, p) with p = w / sum of w over src, the ``keep`` best dst per src."""
-    return (
-        pairs.group_by("src", "dst")
-        .agg(pl.col("w").sum())
-        .with_columns(p=pl.col("w") / pl.col("w").sum().over("src"))
-        .sort(["src", "p", "dst"], descending=[False, True, False])
-        .group_by("src", maintain_order=True)
+        frame.sort([key, score, tie], descending=[False, True, False])
+        .group_by(key, maintain_order=True)
         .head(keep)
-        .select("src", "dst", "p")
-    )
-
-
-def _transitions(events: pl.DataFrame, config: FeatureConfig, keep: int) -> pl.DataFrame:
-    return _normalised(_session_pairs(events, config, "item_id"), keep).rename(
-        {"src": "src_item_id", "dst": "item_id"}
-    )
-
-
-def _category_items(
-    events: pl.DataFrame, as_of: datetime, config: FeatureConfig, keep: int
-) -> pl.DataFrame:
-    return (
-        events.group_by("item_id")
-        .agg(
-            pl.col("category_id").last(),
-            decayed_weight(config, as_of, config.long_half_life_hours).sum().alias("pop"),
-        )
-        .with_columns(share=pl.col("pop") / pl.col("pop").sum().over("category_id"))
-        .sort(["category_id", "share", "item_id"], descending=[False, True, False])
-        .group_by("category_id", maintain_order=True)
-        .head(keep)
-        .select("category_id", "item_id", "share")
-    )
-
-
-def _category_transitions(events: pl.DataFrame, config: FeatureConfig, keep: int) -> pl.DataFrame:
-    """Category changes within sessions: where users go when they leave a category."""
-    return _normalised(_session_pairs(events, config, "category_id"), keep).rename(
-        {"src": "src_category_id", "dst": "dst_category_id"}
     )

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-import polars as pl
 
 from recsys.home import Paths
 from recsys.serving.settings import ServingError
@@ -43,7 +42,6 @@ class Catalogue:
         category_ids: np.ndarray,
         popularity: np.ndarray,
         migrations: dict[int, list[Migration]] | None = None,
-        stats: pl.DataFrame | None = None,
     ) -> None:
         order = np.argsort(item_ids, kind="stable")
         self.item_ids = np.asarray(item_ids, dtype=np.int64)[order]
@@ -63,23 +61,6 @@ class Catalogue:
         }
         self.migrations = migrations or {}
         self._learned: dict[int, int] = {}
-        self._stats = stats
-
-    def items_frame(self) -> pl.DataFrame:
-        """(item_id, category_id, pop_short, pop_long, trend) of ``item_stats``, the item table
-        a ranking reads when no model brings its own (pop_long = pop_short, trend = 1 when the
-        catalogue was built from arrays)."""
-        if self._stats is not None:
-            return self._stats.select("item_id", "category_id", "pop_short", "pop_long", "trend")
-        return pl.DataFrame(
-            {
-                "item_id": self.item_ids,
-                "category_id": self.category_ids,
-                "pop_short": self.popularity,
-                "pop_long": self.popularity,
-                "trend": np.ones(len(self.item_ids)),
-            }
-        )
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -138,11 +119,7 @@ def load_catalogue(paths: Paths, *, lock_timeout_s: float) -> Catalogue:
         for table in ("item_stats", "interest_migrations"):
             if not warehouse.table_exists(con, table):
                 raise ServingError(f"the warehouse has no {table} mart: run `recsys build` first")
-        items = pl.DataFrame(
-            con.execute(
-                "select item_id, category_id, pop_short, pop_long, trend from item_stats"
-            ).fetchnumpy()
-        )
+        items = con.execute("select item_id, category_id, pop_short from item_stats").fetchnumpy()
         rows = con.execute(
             "select user_id, from_category_id, to_category_id, detected_at, strength "
             "from interest_migrations order by user_id, detected_at desc"
@@ -153,9 +130,5 @@ def load_catalogue(paths: Paths, *, lock_timeout_s: float) -> Catalogue:
             Migration(from_category, to_category, detected_at, strength)
         )
     return Catalogue(
-        items["item_id"].to_numpy(),
-        items["category_id"].to_numpy(),
-        items["pop_short"].to_numpy(),
-        migrations=migrations,
-        stats=items,
+        items["item_id"], items["category_id"], items["pop_short"], migrations=migrations
     )

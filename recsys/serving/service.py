@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import polars as pl
-
 from recsys.features.read import OnlineReader, UserProfile
 from recsys.online.seed import seed_state
 from recsys.online.state import Outcome, from_us, to_us
@@ -42,9 +40,9 @@ class ModelState:
     status: str
 
 
-def load_model(settings: ServiceSettings, catalogue: Catalogue) -> ModelState:
+def load_model(settings: ServiceSettings) -> ModelState:
     """The newest complete, verified model in ``settings.models``; without one, the repeat
-    policy over the catalogue's item statistics."""
+    policy over the warehouse's marts."""
     from recsys.models.artifacts import ArtifactError
 
     try:
@@ -52,23 +50,7 @@ def load_model(settings: ServiceSettings, catalogue: Catalogue) -> ModelState:
 
         model, directory = load_latest(settings.models)
     except ArtifactError as exc:
-        tables = ItemTables(
-            as_of=datetime.min,
-            items=catalogue.items_frame(),
-            transitions=pl.DataFrame(
-                schema={"src_item_id": pl.Int64, "item_id": pl.Int64, "p": pl.Float64}
-            ),
-            category_items=pl.DataFrame(
-                schema={"category_id": pl.Int64, "item_id": pl.Int64, "share": pl.Float64}
-            ),
-            category_transitions=pl.DataFrame(
-                schema={
-                    "src_category_id": pl.Int64,
-                    "dst_category_id": pl.Int64,
-                    "p": pl.Float64,
-                }
-            ),
-        )
+        tables = ItemTables.from_warehouse(settings.paths, lock_timeout_s=settings.lock_timeout_s)
         ranking = Ranking(POLICIES["repeat"], settings.features, tables)
         return ModelState(ranking, NO_MODEL, f"degraded: no model ({exc})")
     if model.ranking_.ann is not None:
@@ -179,7 +161,7 @@ class Service:
             updater,
             EventInbox(settings.inbox),
             drainer,
-            model or load_model(settings, catalogue),
+            model or load_model(settings),
         )
         service.recover()
         drainer.start()
