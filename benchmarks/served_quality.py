@@ -224,9 +224,7 @@ def score_lists(recs: Mapping[str, np.ndarray], data) -> pl.DataFrame:
     intervals of the headline metrics come from ``intervals``)."""
     from recsys.evaluation.metrics import RESULT_SCHEMA, evaluate
 
-    results = evaluate(
-        recs, data.truth, data.groups, ks=KS, catalogue_size=data.catalogue_size, intervals=False
-    )
+    results = evaluate(recs, data.truth, data.groups, ks=KS, catalogue_size=data.catalogue_size)
     return results.select(list(RESULT_SCHEMA))
 
 

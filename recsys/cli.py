@@ -363,8 +363,8 @@ def train(home: HomeOption = None) -> None:
 def score(
     k: Annotated[int, typer.Option(help="Recommendations per user (1..1000).")] = 50,
     exclude_purchased: Annotated[
-        bool, typer.Option(help="Never recommend an item the user already bought.")
-    ] = True,
+        bool, typer.Option(help="Never recommend an item the user bought (recent sequence).")
+    ] = False,
     retention: Annotated[int, typer.Option(help="Complete runs to keep.")] = 5,
     home: HomeOption = None,
 ) -> None:

@@ -25,7 +25,8 @@ NOVEL = GroundTruth(np.array([2]), np.array([0, 1]), np.array([30]))
 @pytest.fixture(scope="module")
 def results():
     recs = {"good": np.array([[10, 5], [20, 30]]), "bad": np.array([[1, 2], [3, 4]])}
-    return evaluate(recs, TRUTH, {"all": TRUTH, "novel": NOVEL}, ks=(1, 2), catalogue_size=10)
+    groups = {"all": TRUTH, "novel": NOVEL}
+    return evaluate(recs, TRUTH, groups, ks=(1, 2), catalogue_size=10, intervals=True)
 
 
 def test_metrics_json_round_trip(tmp_path, results):

@@ -49,7 +49,8 @@ def rows():
         "interest_model": lists([[10, 99], [20, 21], [30, 95]]),
         "interest_model-no_gnn": lists([[10, 99], [98, 97], [96, 95]]),
     }
-    results = evaluate(recs, truth, {"all": truth, "shift": shift}, catalogue_size=100)
+    groups = {"all": truth, "shift": shift}
+    results = evaluate(recs, truth, groups, catalogue_size=100, intervals=True)
     policies = {"interest_model": "learned_gbdt", "interest_model-no_gnn": "repeat"}
     return metrics_rows(with_models(results, policies))
 

@@ -87,8 +87,8 @@ def _latest(paths: Paths, columns: str = "user_id, rank, item_id") -> list[tuple
         con.close()
 
 
-def test_purchased_items_never_return_by_default(home):
-    report = score_users(home, StubModel(), model_version="stub-1", k=3)
+def test_purchased_items_never_return_when_excluded(home):
+    report = score_users(home, StubModel(), model_version="stub-1", k=3, exclude_purchased=True)
     assert report.run.n_users == 3 and report.run.model_version == "stub-1"
     assert report.run.features_as_of == export_time_range(home)[1]
     assert _latest(home) == [
@@ -104,8 +104,8 @@ def test_purchased_items_never_return_by_default(home):
     ]
 
 
-def test_the_policy_can_let_purchases_return(home):
-    score_users(home, StubModel(), model_version="stub-1", k=2, exclude_purchased=False)
+def test_purchases_return_by_default(home):
+    score_users(home, StubModel(), model_version="stub-1", k=2)
     # user 1's own items by long-decayed score: the buys (4 each; 11 is the later) beat the view
     assert _latest(home) == [(1, 1, 11), (1, 2, 10), (2, 1, 10), (2, 2, 11), (3, 1, 14), (3, 2, 13)]
 

@@ -79,7 +79,7 @@ def evaluate(
     ks: Sequence[int] = (20, 50),
     *,
     catalogue_size: int | None = None,
-    intervals: bool = True,
+    intervals: bool = False,
     baselines: Sequence[str] = BASELINES,
     resamples: int = RESAMPLES,
     seed: int = SEED,
@@ -92,7 +92,7 @@ def evaluate(
     Returns columns model, group, metric, k, value (mean over the group's users), n_users and,
     with ``intervals``, the paired bootstrap columns of ``bootstrap.interval_frame`` (90%
     intervals over users, ``resamples`` resamples with ``seed``; deltas against the best of
-    ``baselines``); coverage rows and ``intervals=False`` leave those columns null.
+    ``baselines``; null on coverage rows), as ``recsys evaluate`` writes them.
     """
     groups = {"all": truth} if groups is None else groups
     per_user = per_user_values(recs, truth, groups, ks)
@@ -123,7 +123,9 @@ def evaluate(
                         }
                     )
     results = pl.DataFrame(rows, schema=RESULT_SCHEMA)
-    if intervals and per_user:
+    if not intervals:
+        return results
+    if per_user:
         ci = interval_frame(per_user, baselines=baselines, resamples=resamples, seed=seed)
     else:
         ci = pl.DataFrame(schema={**KEY_SCHEMA, **INTERVAL_SCHEMA})

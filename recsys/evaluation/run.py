@@ -190,7 +190,14 @@ def run_evaluation(
     factories = {**baseline_factories(config.features), **(models or {})}
     recs, policies = _recommend_all(factories, data, console)
     results = with_models(
-        evaluate(recs, data.truth, data.groups, ks=KS, catalogue_size=data.catalogue_size),
+        evaluate(
+            recs,
+            data.truth,
+            data.groups,
+            ks=KS,
+            catalogue_size=data.catalogue_size,
+            intervals=True,
+        ),
         policies,
     )
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")

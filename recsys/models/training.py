@@ -17,6 +17,7 @@ from rich.console import Console
 from recsys.home import Paths
 from recsys.models.data import LearnedModelError, write_embeddings
 from recsys.models.interest import MODEL_NAME, InterestConfig, InterestModel, load_latest
+from recsys.ranking.policy import EXCLUDE_PURCHASED
 from recsys.ranking.score import score_users
 from recsys.warehouse.writeback import RunReport
 
@@ -90,7 +91,7 @@ def score_home(
     paths: Paths,
     *,
     k: int = 50,
-    exclude_purchased: bool = True,
+    exclude_purchased: bool = EXCLUDE_PURCHASED,
     retention: int = 5,
     console: Console | None = None,
 ) -> RunReport:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from recsys.home import Paths
-from recsys.ranking.policy import Ranking
+from recsys.ranking.policy import EXCLUDE_PURCHASED, Ranking
 from recsys.ranking.profiles import profiles_at
 from recsys.ranking.reasons import COLD_START_REASON
 from recsys.warehouse.writeback import RunReport, open_for_read, write_run
@@ -100,7 +100,7 @@ def score_users(
     *,
     model_version: str,
     k: int = 50,
-    exclude_purchased: bool = True,
+    exclude_purchased: bool = EXCLUDE_PURCHASED,
     retention: int = 5,
     batch_users: int = 2_000,
     console: Console | None = None,

@@ -2,7 +2,7 @@
 
 Endpoints (OpenAPI at /docs and /openapi.json):
 
-- ``GET /v1/users/{user_id}/recommendations?k=20&exclude_purchased=true``: the user's online
+- ``GET /v1/users/{user_id}/recommendations?k=20&exclude_purchased=false``: the user's online
   profile ranked by ``recsys.ranking`` with the served model's policy (``recsys score`` runs
   the same code); the answer names the ``model_version`` and the ``ranker``. A user the online
   store does not know gets trending items with ``"cold_start": true`` and the reason
@@ -37,6 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from recsys.ranking.policy import EXCLUDE_PURCHASED
 from recsys.serving.catalogue import Catalogue
 from recsys.serving.schemas import (
     EVENTS_BODY,
@@ -124,7 +125,10 @@ def create_app(
         )
 
     def exclude_query() -> Any:
-        return Query(True, description="drop items the user bought within the recent sequence")
+        return Query(
+            EXCLUDE_PURCHASED,
+            description="drop items the user bought within the recent sequence",
+        )
 
     errors = {422: {"model": ErrorOut}}
 

@@ -62,7 +62,7 @@ class BuildError(Exception):
 class MigrationRule:
     """Thresholds of the interest-migration detector (sql/marts/interest_migrations.sql).
 
-    Defaults were chosen on recsys.warehouse.simulate data (precision and recall above 0.8 against the
+    Defaults were chosen on simulated data (precision and recall above 0.8 against the
     planted migrations, see tests/test_sql.py).
     """
 
