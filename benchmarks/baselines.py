@@ -32,9 +32,9 @@ from recsys.evaluation.baselines import (
 from recsys.evaluation.metrics import evaluate
 from recsys.evaluation.plots import write_plots
 from recsys.evaluation.report import metrics_table, write_metrics_json
-from recsys.evaluation.run import load_events
 from recsys.evaluation.split import EvaluationSet, build_evaluation_set, last_day_split
 from recsys.home import resolve_home
+from recsys.warehouse.connect import load_events
 from recsys.warehouse.ingest import ingest_file
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "taobao_user_behavior_sample.csv"

@@ -3,7 +3,7 @@
 For each size (simulated events) it prints medians over --repeats runs, each against a floor
 measured in the same run on the same data:
 
-- ingest: recsys.warehouse.ingest.ingest_file(fmt='csv') vs DuckDB's own typed read_csv into a table;
+- ingest: recsys.warehouse.ingest.ingest_file(fmt='csv') vs DuckDB's typed read_csv into a table;
 - marts: recsys.warehouse.build.build(export=False) vs two floors:
   * group-by: ``create table t as select user_id, category_id, count(*) from events group by
     all``, one hash aggregate; the marts can never get near it, because sequence, session,

@@ -19,7 +19,10 @@ class FeatureConfig:
         default_factory=lambda: {"view": 1.0, "fav": 2.0, "cart": 3.0, "buy": 4.0}
     )
     session_gap_minutes: float = 30.0
-    recent_sequence_length: int = 50
+    # 100, not 50: on the Taobao sample's validation days (2017-12-01 and -02) a user's last
+    # 100 events rank their own items as well as the whole history (NDCG@20 0.120 and 0.128 vs
+    # 0.119 and 0.128), the last 50 do not (0.119 and 0.124).
+    recent_sequence_length: int = 100
     top_categories: int = 20
     # A category counts as "new to the user" when the user's first event in it falls inside
     # this window before the as-of time.

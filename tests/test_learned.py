@@ -116,7 +116,12 @@ def test_the_served_policy_is_chosen_on_validation(fitted):
     assert set(model.validation_) == {"repeat", "blend", "learned"}
     assert model.policy_ == choose(model.validation_, simple=SIMPLE_POLICIES)
     assert model.policy_ == model.ranking_.spec.name
-    assert model.summary() == {"policy": model.policy_, "validation": model.validation_}
+    summary = model.summary()
+    assert summary["policy"] == model.policy_ and summary["validation"] == model.validation_
+    # every source's share of the validation window's positives, "any" over all of them
+    pool = summary["candidate_pool"]
+    assert {"repeat", "ann", "next_category", "any"} <= set(pool)
+    assert all(p["positives"] <= pool["any"]["positives"] for p in pool.values())
     assert all(f["n_users"] > 0 for f in model.validation_.values())
 
 

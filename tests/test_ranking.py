@@ -31,7 +31,7 @@ from recsys.ranking.profiles import (
 )
 from recsys.ranking.ranker import GbdtRanker, LogisticRanker, SegmentedRanker, ranker_from_dict
 from recsys.ranking.reasons import COLD_START_REASON, category_label, reason_for
-from recsys.ranking.select import choose, validation_figures
+from recsys.ranking.select import choose, pool_recall, validation_figures
 from recsys.ranking.sources import (
     AnnSource,
     CategorySource,
@@ -606,3 +606,22 @@ def test_reason_for_rejects_bad_arguments(source, kwargs, message):
 
 def test_category_label():
     assert (category_label(5), category_label(" tea ")) == ("category 5", "tea")
+
+
+def test_pool_recall_counts_positives_and_novel_positives_per_source():
+    table = candidate_table(PROFILES, TABLES, fitted("blend").sources(), context=False)
+    repeat = set(table.filter(pl.col("repeat_present") > 0)["item_id"].to_list())
+    proposed = set(table.filter(pl.col("user_id") == 1)["item_id"].to_list())
+    own = sorted(repeat & proposed)
+    fresh = sorted(proposed - repeat)
+    positives = pl.DataFrame(
+        {"user_id": [1, 1, 1, 9], "item_id": [own[0], fresh[0], 999_999, own[0]]}
+    )  # user 9 has no profile: left out
+    pool = pool_recall(table, positives, PROFILES)
+    assert pool["any"] == {
+        "positives": 2,
+        "novel_positives": 1,
+        "of_positives": 3,
+        "of_novel": 2,
+    }
+    assert pool["repeat"]["positives"] == 1 and pool["repeat"]["novel_positives"] == 0

@@ -55,14 +55,13 @@ VALIDATION = {
 
 
 class StubModel:
-    """What ``score_users`` reads of a trained model: the repeat policy on tables of EVENTS."""
+    """What ``score_users`` reads of a trained model: the repeat policy on the home's marts."""
 
     as_of_ = T
 
-    def __init__(self) -> None:
-        config = FeatureConfig()
+    def __init__(self, paths: Paths) -> None:
         self.ranking_ = Ranking(
-            POLICIES["repeat"], config, ItemTables.from_events(EVENTS, T, config)
+            POLICIES["repeat"], FeatureConfig(), ItemTables.from_warehouse(paths)
         )
 
     def summary(self) -> dict[str, Any]:
@@ -88,7 +87,7 @@ def _latest(paths: Paths, columns: str = "user_id, rank, item_id") -> list[tuple
 
 
 def test_purchased_items_never_return_when_excluded(home):
-    report = score_users(home, StubModel(), model_version="stub-1", k=3, exclude_purchased=True)
+    report = score_users(home, StubModel(home), model_version="stub-1", k=3, exclude_purchased=True)
     assert report.run.n_users == 3 and report.run.model_version == "stub-1"
     assert report.run.features_as_of == export_time_range(home)[1]
     assert _latest(home) == [
@@ -105,13 +104,13 @@ def test_purchased_items_never_return_when_excluded(home):
 
 
 def test_purchases_return_by_default(home):
-    score_users(home, StubModel(), model_version="stub-1", k=2)
+    score_users(home, StubModel(home), model_version="stub-1", k=2)
     # user 1's own items by long-decayed score: the buys (4 each; 11 is the later) beat the view
     assert _latest(home) == [(1, 1, 11), (1, 2, 10), (2, 1, 10), (2, 2, 11), (3, 1, 14), (3, 2, 13)]
 
 
 def test_rows_carry_sources_reasons_and_the_run_its_ranker(home):
-    report = score_users(home, StubModel(), model_version="stub-2", k=3)
+    report = score_users(home, StubModel(home), model_version="stub-2", k=3, exclude_purchased=True)
     assert _latest(home, "user_id, rank, source, sources, reason, category_id")[:3] == [
         (1, 1, "repeat", ["repeat", "popular"], "you keep coming back to category 1", 1),
         (1, 2, "popular", ["popular"], "popular in category 2 right now", 2),
@@ -137,7 +136,7 @@ def test_users_without_a_profile_get_the_cold_start_rows(home, monkeypatch):
         return real(paths, user_ids, as_of, **kwargs).filter(pl.col("user_id") != 2)
 
     monkeypatch.setattr(score, "profiles_at", without_user_2)
-    report = score_users(home, StubModel(), model_version="stub-1", k=3)
+    report = score_users(home, StubModel(home), model_version="stub-1", k=3, exclude_purchased=True)
     assert report.run.n_users == 3
     rows = _latest(home, "user_id, rank, item_id, source, sources, reason")
     assert [r for r in rows if r[0] == 2] == [
@@ -147,8 +146,8 @@ def test_users_without_a_profile_get_the_cold_start_rows(home, monkeypatch):
     assert [r[2] for r in rows if r[0] == 1] == [12, 14, 13]
 
 
-def test_cold_start_ranks_popular_items_with_their_scores():
-    ranking = StubModel().ranking_
+def test_cold_start_ranks_popular_items_with_their_scores(home):
+    ranking = StubModel(home).ranking_
     rows = cold_start(ranking, np.array([7, 8]), 2)
     assert rows.columns == [
         "user_id",
@@ -166,8 +165,11 @@ def test_cold_start_ranks_popular_items_with_their_scores():
         (8, 1, 10, 1),
         (8, 2, 11, 1),
     ]
-    pop_10 = 4 * 2 ** (-3 / 336) + 2 ** (-1 / 336)
-    assert rows["score"].to_list() == pytest.approx([pop_10, 4 * 2 ** (-2 / 336)] * 2)
+    # the long-horizon popularity of item_stats, decayed to the build's as-of time
+    hours = (ranking.tables.as_of - T).total_seconds() / 3600
+    pop_10 = 4 * 2 ** (-(3 + hours) / 336) + 2 ** (-(1 + hours) / 336)
+    pop_11 = 4 * 2 ** (-(2 + hours) / 336)
+    assert rows["score"].to_list() == pytest.approx([pop_10, pop_11] * 2)
     assert cold_start(ranking, np.array([], np.int64), 2).is_empty()
 
 
@@ -191,7 +193,7 @@ def test_the_run_carries_the_newest_evaluation_of_the_interest_model(home):
     finally:
         con.close()
     try:
-        report = score_users(home, StubModel(), model_version="stub-1", k=1)
+        report = score_users(home, StubModel(home), model_version="stub-1", k=1)
     finally:
         con = connect(home)
         con.execute("drop table evaluation_runs")
@@ -202,11 +204,11 @@ def test_the_run_carries_the_newest_evaluation_of_the_interest_model(home):
 def test_k_outside_the_range_is_refused(home):
     for k in (0, 1001):
         with pytest.raises(ScoreError, match=r"k must be in 1\.\.1000"):
-            score_users(home, StubModel(), model_version="stub-1", k=k)
+            score_users(home, StubModel(home), model_version="stub-1", k=k)
 
 
-def test_a_warehouse_without_users_is_refused(tmp_path):
+def test_a_warehouse_without_users_is_refused(home, tmp_path):
     paths = resolve_home(tmp_path / "empty")
     connect(paths).close()
     with pytest.raises(ScoreError, match="run `recsys ingest` first"):
-        score_users(paths, StubModel(), model_version="stub-1")
+        score_users(paths, StubModel(home), model_version="stub-1")

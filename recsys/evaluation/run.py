@@ -46,7 +46,7 @@ from recsys.evaluation.split import (
     last_day_split,
 )
 from recsys.home import Paths
-from recsys.warehouse.connect import connect
+from recsys.warehouse.connect import connect, load_events
 
 KS = (20, 50)
 # The columns shown on screen; metrics.json holds every (group, metric, k).
@@ -153,17 +153,6 @@ class EvaluationRun:
     plots: list[Path]
     # model -> the policy it served (learned models only; chosen on its validation window)
     policies: dict[str, str] = field(default_factory=dict)
-
-
-def load_events(paths: Paths) -> pl.DataFrame:
-    """The warehouse's events in canonical columns."""
-    con = connect(paths, read_only=True)
-    try:
-        return con.sql(
-            "select user_id, item_id, category_id, behavior, event_time from events"
-        ).pl()
-    finally:
-        con.close()
 
 
 def choose_split(events: pl.DataFrame, config: EvaluationConfig) -> TimeSplit:

@@ -47,7 +47,13 @@ from recsys.ranking.frames import events_before
 from recsys.ranking.metrics import GroundTruth
 from recsys.ranking.policy import POLICIES, SIMPLE_POLICIES, Ranking, RankingSettings
 from recsys.ranking.profiles import profiles_at
-from recsys.ranking.select import K_RECALL, choose, recommendation_matrix, validation_figures
+from recsys.ranking.select import (
+    K_RECALL,
+    choose,
+    pool_recall,
+    recommendation_matrix,
+    validation_figures,
+)
 from recsys.ranking.sources import AnnSearch
 from recsys.ranking.tables import ItemTables, TableSettings
 
@@ -132,6 +138,8 @@ class InterestModel:
             ranked = ranking.at(tables[t1], ann[t1]).rank(profiles[t1], K_RECALL)
             self.validation_[name] = validation_figures(ranked, truth)
         self.policy_ = choose(self.validation_, simple=SIMPLE_POLICIES)
+        every_source = Ranking(POLICIES["learned"], c.features, tables[t1], c.ranking, ann[t1])
+        self.pool_ = pool_recall(every_source.candidates(profiles[t1]), second, profiles[t1])
         final = Ranking(POLICIES[self.policy_], c.features, tables[t1], c.ranking, ann[t1])
         self.ranking_ = final.fit(profiles[t1], second).at(tables[as_of], ann[as_of])
         self.profiles_ = profiles[as_of]
@@ -141,8 +149,13 @@ class InterestModel:
         return self
 
     def summary(self) -> dict[str, Any]:
-        """The policy served and the validation figures behind the choice."""
-        return {"policy": self.policy_, "validation": self.validation_}
+        """The policy served, the validation figures behind the choice and, per candidate
+        source, the validation window's (novel) positives it proposed."""
+        return {
+            "policy": self.policy_,
+            "validation": self.validation_,
+            "candidate_pool": getattr(self, "pool_", {}),
+        }
 
     def save(self, directory: Path) -> Path:
         """Write the model to ``directory`` atomically (temp folder + rename) and return it.
@@ -228,6 +241,7 @@ class InterestModel:
         )
         model.policy_ = manifest.get("policy", state["policy"])
         model.validation_ = manifest.get("validation", {})
+        model.pool_ = manifest.get("candidate_pool", {})
         model.as_of_ = as_of
         model.manifest_ = manifest
         return model

@@ -19,6 +19,7 @@ from recsys.models.data import LearnedModelError, write_embeddings
 from recsys.models.interest import MODEL_NAME, InterestConfig, InterestModel, load_latest
 from recsys.ranking.policy import EXCLUDE_PURCHASED
 from recsys.ranking.score import score_users
+from recsys.warehouse.connect import load_events
 from recsys.warehouse.writeback import RunReport
 
 
@@ -50,7 +51,6 @@ def train_home(
     paths: Paths, *, config: InterestConfig | None = None, console: Console | None = None
 ) -> TrainReport:
     """Fit on every event of the home (as of just after the last one) and publish (module doc)."""
-    from recsys.evaluation.run import load_events
     from recsys.features.materialize import materialize
 
     events = load_events(paths)

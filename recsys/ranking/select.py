@@ -15,6 +15,7 @@ import polars as pl
 
 from recsys.ranking.frames import PAD
 from recsys.ranking.metrics import GroundTruth, hits, ndcg_at_k, recall_at_k
+from recsys.ranking.sources import sequence_events
 
 K_NDCG, K_RECALL = 20, 50
 
@@ -56,3 +57,38 @@ def choose(figures: Mapping[str, Mapping[str, float]], *, simple: tuple[str, ...
     if learned and figures[best(learned)][metric] > figures[fallback][metric]:
         return best(learned)
     return fallback
+
+
+def pool_recall(
+    candidates: pl.DataFrame, positives: pl.DataFrame, profiles: pl.DataFrame
+) -> dict[str, dict[str, float]]:
+    """Per source (and "any"): how many of the window's positive (user, item) pairs of users
+    with a profile it proposed, all of them and the novel ones (items not in the user's recent
+    sequence). ``candidates``: a ``candidate_table`` with every source's presence flag."""
+    users = profiles.select("user_id")
+    seen = (
+        sequence_events(profiles)
+        .select("user_id", "item_id")
+        .unique()
+        .with_columns(seen=pl.lit(True))
+    )
+    truth = (
+        positives.join(users, on="user_id")
+        .join(seen, on=["user_id", "item_id"], how="left")
+        .with_columns(novel=pl.col("seen").is_null())
+        .join(candidates, on=["user_id", "item_id"], how="left")
+    )
+    flags = [c for c in candidates.columns if c.endswith("_present")]
+    truth = truth.with_columns(
+        pl.any_horizontal([pl.col(f).fill_null(0.0) > 0 for f in flags]).alias("any_present")
+    )
+    novel = truth.filter(pl.col("novel"))
+    return {
+        flag.removesuffix("_present"): {
+            "positives": int((truth[flag].fill_null(0.0) > 0).sum()),
+            "novel_positives": int((novel[flag].fill_null(0.0) > 0).sum()),
+            "of_positives": truth.height,
+            "of_novel": novel.height,
+        }
+        for flag in [*flags, "any_present"]
+    }

@@ -26,6 +26,7 @@ from time import monotonic, sleep
 from typing import TypeVar
 
 import duckdb
+import polars as pl
 
 from recsys.home import Paths
 
@@ -134,3 +135,14 @@ def table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 
 def warehouse_path(paths: Paths) -> Path:
     return paths.warehouse
+
+
+def load_events(paths: Paths) -> pl.DataFrame:
+    """The warehouse's events in canonical columns (the frame every model fits on)."""
+    con = connect(paths, read_only=True)
+    try:
+        return con.sql(
+            "select user_id, item_id, category_id, behavior, event_time from events"
+        ).pl()
+    finally:
+        con.close()
