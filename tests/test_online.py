@@ -255,7 +255,7 @@ def test_push_writer_writes_what_feast_push_writes(tmp_path, kind, request):
 def history_home(tmp_path_factory: pytest.TempPathFactory):
     """Built and materialised; some users have more events than the recent sequence holds."""
     paths = resolve_home(tmp_path_factory.mktemp("history"))
-    config = SimulationConfig(users=8, items=120, days=10, seed=7, categories=8)
+    config = SimulationConfig(users=8, items=120, days=20, seed=7, categories=8)
     events = simulate(config).events.to_pandas()
     load_events(paths, events)
     build(paths)
