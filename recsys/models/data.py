@@ -59,7 +59,7 @@ def load_events(paths: Paths, events: pl.DataFrame) -> int:
             f"""
             insert into events
             select user_id, item_id, category_id, behavior, event_time, session_id,
-                   'recsys.learned' as source_file, null, now()::timestamp,
+                   'recsys.models' as source_file, null, now()::timestamp,
                    {EVENT_KEY} as event_key
             from learned_events
             """

@@ -2,11 +2,11 @@
 
 ``SavedRetrieval(model_dir)`` verifies the folder (``recsys.models.artifacts.verify``: format
 version, every file's sha256, no extra files) and then reads what ``InterestModel.save`` wrote,
-without unpickling anything: ``query(profile)``
-encodes the user's ONLINE profile row with the same ``FeatureEncoder`` as training
-(``encode_query_row``, equal to ``profile_frame`` + ``encode_queries``; GNN user embeddings as of
-the model's as-of time, zeros for users the graph did not hold) and runs the saved query tower;
-``index`` searches a ``recsys.models.index.EmbeddingIndex`` over the saved item embeddings.
+without unpickling anything. ``embed(profiles)`` encodes ``recsys.ranking.profiles`` rows with
+the same ``FeatureEncoder`` as training (one row, a request, through ``encode_query_row``, equal
+to ``encode_queries``; GNN user embeddings as of the model's as-of time, zeros for users the
+graph did not hold) and runs the saved query tower; ``search(profiles, n)`` is the ranking's
+``AnnSearch`` over a ``recsys.models.index.EmbeddingIndex`` of the saved item embeddings.
 """
 
 from __future__ import annotations
