@@ -7,7 +7,7 @@ temporary folder, builds the SQL marts and Feast exports there and serves the mo
 - point-in-time query features (``two_tower_v1_query``) and item features
   (``two_tower_v1_candidate``) through Feast, each value computed from events strictly before
   the entity's timestamp,
-- the interest migrations detected as of the as-of time.
+- the item tables' marts (item statistics, item and category transitions) as of each time.
 
 Feature snapshots are taken every ``snapshot_every`` back from the as-of time (not at 00:00 UTC),
 so that the as-of time minus the validation window has fresh features too.
@@ -140,19 +140,16 @@ class PrivateHome:
         build(self.paths, as_of=as_of, config=self.config, export=False)
         return Edges(as_of, *self._read(*EDGE_MARTS))
 
-    def build_features(self) -> tuple[Edges, pl.DataFrame]:
-        """Build marts and Feast exports as of ``as_of``, apply the feature repo.
-
-        Returns the edges and the interest migrations (user_id, from_category_id,
-        to_category_id, detected_at) as of ``as_of``.
-        """
+    def build_features(self) -> Edges:
+        """Build marts and Feast exports as of ``as_of``, apply the feature repo; returns the
+        marts of ``Edges`` as of ``as_of``."""
         from recsys.features.repo import apply, feature_store
 
         build(self.paths, as_of=self.as_of, config=self.config, snapshots=self.snapshots[:-1])
-        *marts, migrations = self._read(*EDGE_MARTS, "interest_migrations")
+        marts = self._read(*EDGE_MARTS)
         apply(self.paths)
         self._store = feature_store(self.paths)
-        return Edges(self.as_of, *marts), migrations
+        return Edges(self.as_of, *marts)
 
     def _read(self, *tables: str) -> list[pl.DataFrame]:
         con = connect(self.paths, read_only=True)

@@ -54,7 +54,6 @@ class Retriever:
     graph: dict[datetime, GraphEmbeddings]
     # the marts as of each time of ``graph``
     edges: dict[datetime, Edges]
-    migrations: pl.DataFrame
     sample_query: dict[str, np.ndarray]  # one row of query inputs (traces the exported index)
     history: dict[str, list[float]] = field(default_factory=dict)
     examples: pl.DataFrame | None = None
@@ -137,7 +136,7 @@ def fit_retriever(home: PrivateHome, config) -> Retriever:
     tower_config = config.towers or default_tower_config(config.show_progress)
     events = home.events
     edges_t0, edges_t1 = home.edges(t0), home.edges(t1)
-    edges_now, migrations = home.build_features()
+    edges_now = home.build_features()
 
     nodes = NodeIndex.from_events(events)
     targets = link_targets(labelled_interactions(events, t0, t1, home.config), nodes)
@@ -184,7 +183,6 @@ def fit_retriever(home: PrivateHome, config) -> Retriever:
         model=result.model,
         graph=graph,
         edges={e.as_of: e for e in (edges_t0, edges_t1, edges_now)},
-        migrations=migrations,
         sample_query={k: v[:1] for k, v in data["validation"].query.items()},
         history=result.history,
         examples=examples.select(
