@@ -15,7 +15,10 @@ muted here (without importing TensorFlow):
   reach Python as exceptions.
 * TF-GNN's read-only ``_ImmutableMapping`` makes ``tf.nest`` warn "Mapping types may not work
   well with tf.nest"; the mapping is rebuilt correctly, so that one warning is filtered from
-  the ``tensorflow`` logger, and nothing else.
+  the ``tensorflow`` logger. So are Keras 2's two warnings on saving and reloading the query
+  tower as a SavedModel ("compiled metrics have yet to be built", "non-serializable objects ...
+  Defaulting to empty config"): the towers are served through their SavedModel signature,
+  which needs neither. Nothing else is filtered.
 """
 
 import logging
@@ -27,16 +30,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 __version__ = "0.1.0"
 
 
-class _TfGnnMappingWarning(logging.Filter):
-    """Drops tf.nest's "Mapping types may not work well" warning about TF-GNN's mappings."""
+# Starts of the known-harmless warnings (module doc), each with a text the message must contain.
+_HARMLESS = (
+    ("Mapping types may not work well with tf.nest", "tensorflow_gnn."),
+    ("Compiled the loaded model, but the compiled metrics have yet to be built", ""),
+    ("Model's `__init__()` arguments contain non-serializable objects", "Defaulting to empty"),
+)
+
+
+class _HarmlessTensorFlowWarnings(logging.Filter):
+    """Drops the warnings of ``_HARMLESS`` (see the module doc), and nothing else."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (
-            message.startswith("Mapping types may not work well with tf.nest")
-            and "tensorflow_gnn." in message
-        )
+        return not any(message.startswith(s) and part in message for s, part in _HARMLESS)
 
 
 # TensorFlow logs through this logger (tf_logging.get_logger), created here or by TF alike.
-logging.getLogger("tensorflow").addFilter(_TfGnnMappingWarning())
+logging.getLogger("tensorflow").addFilter(_HarmlessTensorFlowWarnings())

@@ -281,4 +281,11 @@ def test_tensorflow_noise_is_muted_only_by_default_and_precisely():
     mapping = "Mapping types may not work well with tf.nest. Prefer using MutableMapping for {}"
     assert not passes(mapping.format("<class 'tensorflow_gnn.graph.graph_tensor._Immutable'>"))
     assert passes(mapping.format("<class 'mypackage.FrozenDict'>"))
-    assert passes("Compiled the loaded model, but the compiled metrics have yet to be built.")
+    assert not passes("Compiled the loaded model, but the compiled metrics have yet to be built.")
+    assert not passes(
+        "Model's `__init__()` arguments contain non-serializable objects. Please implement a "
+        "`get_config()` method in the subclassed Model for proper saving and loading. "
+        "Defaulting to empty config."
+    )
+    assert passes("Model's `__init__()` arguments contain non-serializable objects.")
+    assert passes("5 out of the last 17 calls to <function train_step> triggered retracing.")
