@@ -190,7 +190,7 @@ def test_arrays_are_stored_without_pickle(tmp_path):
         A.save_arrays(tmp_path / "b.npz", objects=np.array([{"a": 1}], dtype=object))
     assert not (tmp_path / "b.npz").exists() and len(list(tmp_path.iterdir())) == 1
     np.savez(tmp_path / "pickled.npz", objects=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(A.ArtifactError, match="pickled.npz is not a pickle-free npz"):
+    with pytest.raises(A.ArtifactError, match="pickled.npz is not an npz file of plain arrays"):
         A.load_arrays(tmp_path / "pickled.npz")
 
 

@@ -5,7 +5,7 @@ open formats (SavedModel, npz, Parquet, JSON). ``write_manifest`` lists every fi
 folder; ``verify`` refuses a folder whose manifest is missing, foreign or of another format
 version, or whose files differ from the list (changed, truncated, missing or extra);
 ``latest_verified`` picks the newest folder that verifies. ``write_json`` / ``read_json`` and
-``save_arrays`` / ``load_arrays`` store metadata and arrays without pickle.
+``save_arrays`` / ``load_arrays`` store metadata and plain arrays, never serialised code.
 
 No TensorFlow here: the CLI and the service check folders before paying for its import.
 """
@@ -82,20 +82,27 @@ def read_json(path: Path) -> Any:
 
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> None:
-    """Write named arrays to an npz file atomically; object arrays (which need pickle) fail."""
+    """Write named arrays to an npz file atomically; arrays of Python objects are refused (they
+    could only be stored as serialised code)."""
+    for name, array in arrays.items():
+        if np.asarray(array).dtype.hasobject:
+            raise ArtifactError(f"{path}: array {name} holds Python objects, not plain values")
     with _atomic(path) as handle:
-        np.savez(handle, allow_pickle=False, **arrays)
+        np.savez(handle, **arrays)
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an npz file written by ``save_arrays``, read without pickle."""
+    """The arrays of an npz file written by ``save_arrays``; numpy's default refuses arrays of
+    Python objects."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(path) as data:
             return {name: data[name] for name in data.files}
     except FileNotFoundError:
         raise ArtifactError(f"{path} does not exist") from None
     except (ValueError, OSError, zipfile.BadZipFile) as err:
-        raise ArtifactError(f"{path} is not a pickle-free npz file ({_one_line(err)})") from None
+        raise ArtifactError(
+            f"{path} is not an npz file of plain arrays ({_one_line(err)})"
+        ) from None
 
 
 def _one_line(err: BaseException) -> str:

@@ -14,7 +14,7 @@ Candidate inputs: ``item_id`` / ``category_id`` int64 [n], ``item_dense`` float3
 [n, len(ITEM_DENSE)], ``gnn_item`` float32 [n, G]. Item and category ids become vocabulary
 positions 0..n-1; padding and ids unknown to the vocabulary are -1.
 
-``FeatureEncoder.save`` / ``load`` store an encoder without pickle: sizes in ``encoder.json``,
+``FeatureEncoder.save`` / ``load`` store an encoder as open files: sizes in ``encoder.json``,
 vocabularies in ``encoder.npz`` (``recsys.models.artifacts.ENCODER_JSON`` / ``ENCODER_ARRAYS``).
 """
 
