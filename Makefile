@@ -33,12 +33,13 @@ format: $(BIN)/recsys ## Format and auto-fix with ruff.
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(BIN)/recsys ## Run every benchmark (prints figures; ~30 min; set REDIS_URL for Redis).
+bench: $(BIN)/recsys ## Run every benchmark (prints figures; ~1 h; set REDIS_URL for Redis).
 	$(BIN)/python benchmarks/simulate.py
 	$(BIN)/python benchmarks/warehouse.py --sizes 1M,10M
 	$(BIN)/python benchmarks/feature_store.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/baselines.py
+	$(BIN)/python benchmarks/served_quality.py --events ../shared/data/taobao_user_behavior_sample.csv --format taobao --tz Asia/Shanghai
 
 clean: ## Remove the default home (./data) and caches.
 	rm -rf $(HOME_DIR) .pytest_cache .ruff_cache
