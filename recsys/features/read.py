@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import feast
+import numpy as np
 import pandas as pd
+import polars as pl
 from feast import FeatureStore
 from feast.feature_view import FeatureView
 from feast.infra.online_stores.helpers import compute_table_id, compute_versioned_name
@@ -322,3 +324,15 @@ def historical_features(
     result = result.sort_values("__row").drop(columns="__row").reset_index(drop=True)
     result["event_timestamp"] = result["event_timestamp"].dt.tz_convert(None)
     return result
+
+
+def historical_frame(
+    paths: Paths, entities: pl.DataFrame, feature_service: str, *, store: FeatureStore | None = None
+) -> pl.DataFrame:
+    """``historical_features`` of polars entity rows, as polars: Feast returns numpy arrays
+    inside object columns, which become plain lists here."""
+    frame = historical_features(paths, entities.to_pandas(), feature_service, store=store)
+    for column in frame.columns:
+        if frame[column].dtype == object:
+            frame[column] = [v.tolist() if isinstance(v, np.ndarray) else v for v in frame[column]]
+    return pl.from_pandas(frame)

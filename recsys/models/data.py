@@ -22,7 +22,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import polars as pl
 
 from recsys.config import FeatureConfig
@@ -183,23 +182,9 @@ class PrivateHome:
         return self._historical(entities, CANDIDATE_SERVICE)
 
     def _historical(self, entities: pl.DataFrame, service: str) -> pl.DataFrame:
-        from recsys.features.read import historical_features
+        from recsys.features.read import historical_frame
 
-        if self._store is None:
-            raise LearnedModelError("build_features() must run before reading features")
-        frame = historical_features(self.paths, entities.to_pandas(), service, store=self._store)
-        return pl.from_pandas(_plain_lists(frame))
-
-
-def _plain_lists(frame: pd.DataFrame) -> pd.DataFrame:
-    """Feast returns numpy arrays inside object columns; polars wants lists."""
-    for column in frame.columns:
-        if frame[column].dtype == object:
-            frame[column] = [
-                None if v is None else (list(v) if isinstance(v, np.ndarray | list) else v)
-                for v in frame[column]
-            ]
-    return frame
+        return historical_frame(self.paths, entities, service, store=self.store)
 
 
 def labelled_interactions(

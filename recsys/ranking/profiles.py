@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import polars as pl
 
 from recsys.home import Paths
@@ -89,16 +88,12 @@ def profiles_at(
     (computed from events strictly before it), through Feast's offline store. ``as_of`` should
     be a snapshot time of the exports (the rows then describe exactly that time). Users without
     a row are left out."""
-    from recsys.features.read import historical_features
+    from recsys.features.read import historical_frame
 
-    entities = pd.DataFrame(
-        {"user_id": np.asarray(user_ids, np.int64), "event_timestamp": pd.Timestamp(as_of)}
+    entities = pl.DataFrame({"user_id": np.asarray(user_ids, np.int64)}).with_columns(
+        event_timestamp=pl.lit(as_of).cast(pl.Datetime("us"))
     )
-    rows = historical_features(paths, entities, PROFILE_SERVICE, store=store)
-    for column in rows.columns:  # Feast returns numpy arrays inside object columns
-        if rows[column].dtype == object:
-            rows[column] = [v.tolist() if isinstance(v, np.ndarray) else v for v in rows[column]]
-    rows = pl.from_pandas(rows)
+    rows = historical_frame(paths, entities, PROFILE_SERVICE, store=store)
     return conform(
         rows.filter(pl.col("user_recent_sequence__seq_len").is_not_null())
         .drop("event_timestamp")
