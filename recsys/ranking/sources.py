@@ -32,7 +32,7 @@ from recsys.ranking.profiles import (
     SHORT_TOTAL,
     conform,
 )
-from recsys.ranking.tables import ItemTables
+from recsys.ranking.tables import ItemTables, best_per_key
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class TransitionSource:
             .head(self.n_recent)
             .select("user_id", pl.col("item_id").alias("src_item_id"), "r")
         )
-        return _top(
+        return _per_user(
             recent.join(tables.rows("transitions", recent["src_item_id"]), on="src_item_id")
             .group_by("user_id", "item_id")
             .agg(
@@ -219,7 +219,7 @@ class NextCategorySource:
         items = tables.rows(
             "category_items", weights["category_id"], per_key=self.items_per_category
         )
-        return _top(
+        return _per_user(
             weights.join(items, on="category_id")
             .join(users.events, on=["user_id", "item_id"], how="anti")
             .group_by("user_id", "item_id")
@@ -285,7 +285,7 @@ class AnnSource:
             how="diagonal_relaxed",
         )
         found = self.search.search(queries, self.n_candidates)
-        return _top(
+        return _per_user(
             found.group_by("user_id", "item_id").agg(
                 pl.col("ann_score").max().alias(f"{n}_score"),
                 pl.len().cast(pl.Float64).alias(f"{n}_queries"),
@@ -305,10 +305,6 @@ class PopularSource:
         return users.profiles.select("user_id").join(popular, how="cross")
 
 
-def _top(frame: pl.DataFrame, score: str, n: int) -> pl.DataFrame:
+def _per_user(frame: pl.DataFrame, score: str, n: int) -> pl.DataFrame:
     """The ``n`` best rows per user by ``score`` (ties: lower item id)."""
-    return (
-        frame.sort(["user_id", score, "item_id"], descending=[False, True, False])
-        .group_by("user_id", maintain_order=True)
-        .head(n)
-    )
+    return best_per_key(frame, "user_id", score, "item_id", n)

@@ -113,7 +113,7 @@ class ItemTables:
         return cls(
             as_of=as_of,
             items=items,
-            transitions=_best(
+            transitions=best_per_key(
                 item_item.select(
                     pl.col("src_item_id").cast(pl.Int64),
                     pl.col("dst_item_id").cast(pl.Int64).alias("item_id"),
@@ -124,7 +124,7 @@ class ItemTables:
                 "item_id",
                 settings.max_next_items,
             ),
-            category_items=_best(
+            category_items=best_per_key(
                 items.with_columns(
                     share=pl.col("pop_long") / pl.col("pop_long").sum().over("category_id")
                 ).select("category_id", "item_id", "share"),
@@ -133,7 +133,7 @@ class ItemTables:
                 "item_id",
                 settings.category_items,
             ),
-            category_transitions=_best(
+            category_transitions=best_per_key(
                 category_transitions.select(
                     pl.col("src_category_id").cast(pl.Int64),
                     pl.col("dst_category_id").cast(pl.Int64),
@@ -179,7 +179,7 @@ class ItemTables:
         return cls(as_of, **{n: pl.read_parquet(Path(directory) / f"{n}.parquet") for n in TABLES})
 
 
-def _best(frame: pl.DataFrame, key: str, score: str, tie: str, keep: int) -> pl.DataFrame:
+def best_per_key(frame: pl.DataFrame, key: str, score: str, tie: str, keep: int) -> pl.DataFrame:
     """The ``keep`` rows of highest ``score`` per ``key`` (ties: lower ``tie``), sorted by key
     and then best first (the order ``ItemTables.rows`` and the sources rely on)."""
     return (
