@@ -313,11 +313,20 @@ def evaluate(
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (not loopback: API keys required).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     drain_interval: Annotated[
         float, typer.Option(help="Seconds between moves of posted events into the warehouse.")
     ] = 1.0,
+    api_keys_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File of API keys, one scope:KEY per line (scopes read, write, admin); "
+            "default: $RECSYS_API_KEYS (read:KEY1,write:KEY2,...)."
+        ),
+    ] = None,
     home: HomeOption = None,
     redis_url: RedisOption = None,
 ) -> None:
@@ -330,15 +339,29 @@ def serve(
     import uvicorn
 
     from recsys.serving.app import create_app
+    from recsys.serving.auth import ApiKeys
     from recsys.serving.settings import ServiceSettings, ServingError
 
-    settings = ServiceSettings(
-        paths=resolve_home(home),
-        online=_online_store(redis_url),
-        drain_interval_s=drain_interval,
-    )
     try:
+        settings = ServiceSettings(
+            paths=resolve_home(home),
+            online=_online_store(redis_url),
+            api_keys=ApiKeys.configured(api_keys_file),
+            host=host,
+            port=port,
+            drain_interval_s=drain_interval,
+        )
+        if settings.api_keys is None:
+            err_console.print(
+                f"no API keys: every client on this machine may call the service, so it listens "
+                f"on {host} only (set RECSYS_API_KEYS or --api-keys-file to open it up)",
+                highlight=False,
+                soft_wrap=True,
+            )
         service = create_app(settings)
+        # Started here, not in uvicorn's lifespan: a busy warehouse or a second service on the
+        # home is then one line, not a traceback.
+        service.state.runtime.start()
     except ServingError as exc:
         raise fail(str(exc)) from None
     uvicorn.run(service, host=host, port=port, loop="uvloop", http="httptools", access_log=False)
@@ -432,6 +455,28 @@ def pipeline(
     except PipelineError as exc:
         raise fail(str(exc)) from None
     print_closing_summary(paths, console)
+
+
+@app.command()
+def forget(
+    user: Annotated[int, typer.Option("--user", help="The user_id to erase.")],
+    home: HomeOption = None,
+    redis_url: RedisOption = None,
+) -> None:
+    """Erase a user from every store of the home (warehouse, Parquet files, online store and
+    state, inbox, models) and tombstone them, so that no ingest brings them back; prints the
+    rows removed per store as JSON."""
+    import json
+
+    from recsys.features.errors import FeatureStoreError
+    from recsys.forget import forget_user
+    from recsys.warehouse.connect import WarehouseBusyError
+
+    try:
+        report = forget_user(resolve_home(home), user, online=_online_store(redis_url))
+    except (FeatureStoreError, WarehouseBusyError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(json.dumps(report.to_dict(), indent=2))
 
 
 if __name__ == "__main__":

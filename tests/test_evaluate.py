@@ -102,25 +102,35 @@ def test_learned_models_and_their_ablations_change_one_flag_each():
     models = learned_models(ablations=True)
     assert list(models) == [
         "interest_model",
-        "interest_model-no_gnn",
-        "interest_model-no_sequence",
-        "interest_model-no_next_category",
-        "interest_model-no_multi_interest",
+        "interest_model-full",
+        "interest_model-full-no_gnn",
+        "interest_model-full-no_sequence",
+        "interest_model-full-no_next_category",
+        "interest_model-full-no_multi_interest",
     ]
     configs = {name: make().config for name, make in models.items()}
-    full = configs["interest_model"]
+    default, full = configs["interest_model"], configs["interest_model-full"]
+    # the served defaults: every component whose removal cost less than the interval is off
+    assert (default.towers.use_gnn, default.towers.use_sequence) == (False, False)
+    assert default.ranking == RankingSettings()
+    assert not default.ranking.next_categories and default.ranking.ann_interests == 0
     assert (full.towers.use_gnn, full.towers.use_sequence) == (True, True)
-    assert full.ranking == RankingSettings()
     assert full.ranking.next_categories and full.ranking.ann_interests > 0
+    # the full model and its ablations serve a learned policy, so that they measure something
+    assert full.policies == ("learned",) and "repeat" in default.policies
+    assert (
+        replace(full, towers=default.towers, ranking=default.ranking, policies=default.policies)
+        == default
+    )
     expected = {
-        "interest_model-no_gnn": replace(full, towers=replace(full.towers, use_gnn=False)),
-        "interest_model-no_sequence": replace(
+        "interest_model-full-no_gnn": replace(full, towers=replace(full.towers, use_gnn=False)),
+        "interest_model-full-no_sequence": replace(
             full, towers=replace(full.towers, use_sequence=False)
         ),
-        "interest_model-no_next_category": replace(
+        "interest_model-full-no_next_category": replace(
             full, ranking=replace(full.ranking, next_categories=False)
         ),
-        "interest_model-no_multi_interest": replace(
+        "interest_model-full-no_multi_interest": replace(
             full, ranking=replace(full.ranking, ann_interests=0)
         ),
     }

@@ -356,7 +356,10 @@ def test_seeded_state_is_the_replayed_history(history_home, tmp_path):
     seeded.close()
 
 
-def test_seeding_is_idempotent_and_replaces_the_state(history_home, tmp_path):
+def test_seeding_is_idempotent_and_keeps_the_events_applied_since(history_home, tmp_path):
+    """Reseeding from the same build replaces the state by the build's, then replays the
+    event applied since (the build does not count it): the state is the one before the
+    reseed, and seeding again changes nothing."""
     paths, events = _copy_home(history_home, tmp_path)
     state_path = paths.feast / "online_state.db"
     first = _state_tables(state_path)
@@ -370,14 +373,18 @@ def test_seeding_is_idempotent_and_replaces_the_state(history_home, tmp_path):
     assert changed["user_item"] != first["user_item"]
     report = seed_state(paths)
     again = _state_tables(state_path)
-    assert {t: again[t] for t in again if t not in ("seed", "quarantine")} == {
-        t: first[t] for t in first if t not in ("seed", "quarantine")
+    assert {t: again[t] for t in again if t != "seed"} == {
+        t: changed[t] for t in changed if t != "seed"
     }
-    assert again["quarantine"] == changed["quarantine"]  # a log of bad input, not state
     assert report.users == events.user_id.nunique()
     assert report.rows["events"] == len(first["user_events"])
-    # The open updater reads the reseeded state: the event applies afresh.
-    assert updater.apply(Event(user, 1, "buy", after, 3)).outcome is Outcome.APPLIED
+    assert report.replayed == 1
+    assert seed_state(paths).replayed == 1
+    assert {t: v for t, v in _state_tables(state_path).items() if t != "seed"} == {
+        t: again[t] for t in again if t != "seed"
+    }
+    # The open updater reads the reseeded state, which holds the event already.
+    assert updater.apply(Event(user, 1, "buy", after, 3)).outcome is Outcome.DUPLICATE
     updater.close()
 
 

@@ -31,7 +31,7 @@ from recsys.ranking.profiles import (
 )
 from recsys.ranking.ranker import GbdtRanker, LogisticRanker, SegmentedRanker, ranker_from_dict
 from recsys.ranking.reasons import COLD_START_REASON, category_label, reason_for
-from recsys.ranking.select import choose, pool_recall, validation_figures
+from recsys.ranking.select import Validation, choose, gain_lower_bound, pool_recall, validate
 from recsys.ranking.sources import (
     AnnSource,
     CategorySource,
@@ -165,7 +165,7 @@ def items_of(ranked: pl.DataFrame, user: int) -> list[int]:
 
 
 def test_repeat_source_sums_decayed_behaviour_weights_by_hand():
-    got = RepeatSource(CONFIG).candidates(USERS, TABLES)
+    got = RepeatSource(CONFIG).candidates(USERS, TABLES).frame()
     expected_short, expected_long = {}, {}
     for user, seq in ((1, U1_SEQ), (2, U2_SEQ)):
         for item, _, behavior, gap in seq:
@@ -192,7 +192,7 @@ def test_transition_source_follows_only_the_latest_distinct_items():
     r201 = decayed(4, 600, SHORT_S)
     # n_recent=2: user 1's latest distinct items are 101 and 102, so 103 -> 401 is out.
     two = by_pair(
-        TransitionSource(CONFIG, n_recent=2).candidates(USERS, TABLES), "transition_score"
+        TransitionSource(CONFIG, n_recent=2).candidates(USERS, TABLES).frame(), "transition_score"
     )
     assert two == pytest.approx(
         {
@@ -205,13 +205,13 @@ def test_transition_source_follows_only_the_latest_distinct_items():
     )
     # n_recent=3 reaches 103 (positions 0, 1, 2 hold 101, 102, 101: distinct items count once).
     three = by_pair(
-        TransitionSource(CONFIG, n_recent=3).candidates(USERS, TABLES), "transition_score"
+        TransitionSource(CONFIG, n_recent=3).candidates(USERS, TABLES).frame(), "transition_score"
     )
     assert three == pytest.approx(two | {(1, 401): r103 * 1.0}, rel=1e-12)
 
 
 def test_category_source_scores_interest_share_times_item_share():
-    got = CategorySource(n_categories=2, items_per_category=2).candidates(USERS, TABLES)
+    got = CategorySource(n_categories=2, items_per_category=2).candidates(USERS, TABLES).frame()
     # user 1: categories 1 (.6) and 2 (.2), their two best items; category 4 is third.
     assert by_pair(got, "category_score") == pytest.approx(
         {
@@ -228,7 +228,7 @@ def test_category_source_scores_interest_share_times_item_share():
 
 
 def test_next_category_source_skips_own_categories_and_sequence_items():
-    got = NextCategorySource(n_categories=2).candidates(USERS, TABLES)
+    got = NextCategorySource(n_categories=2).candidates(USERS, TABLES).frame()
     # user 1: current categories 1 (.6), 2 (.2). From 1: 4 (.7) and 2 (.3), both the user's own
     # top categories (4 is third): skipped; from 2: 5 (1.0), whose item is 401.
     # user 2: current 3 (1.0); from 3: 4 (1.0): 301 (.6), and 302 (.4) which is in the sequence.
@@ -243,7 +243,7 @@ def test_next_category_source_skips_own_categories_and_sequence_items():
 
 
 def test_popular_source_gives_everybody_the_same_items():
-    got = PopularSource(n_candidates=3).candidates(USERS, TABLES)
+    got = PopularSource(n_candidates=3).candidates(USERS, TABLES).frame()
     assert by_pair(got, "popular_score") == {
         (u, i): ITEMS[i][1] for u in (1, 2, 3) for i in (301, 104, 105)
     }
@@ -265,7 +265,7 @@ class StubAnn:
 
 
 def test_ann_source_merges_one_query_per_interest():
-    got = AnnSource(StubAnn(), n_candidates=2, n_interests=2).candidates(USERS, TABLES)
+    got = AnnSource(StubAnn(), n_candidates=2, n_interests=2).candidates(USERS, TABLES).frame()
     assert by_pair(got, "ann_score") == {
         (u, i): s for u in (1, 2, 3) for i, s in ((105, 0.9), (401, 0.8))
     }
@@ -404,8 +404,9 @@ def test_top_20_is_a_prefix_of_top_50(policy):
 
 
 def test_learned_policy_uses_every_source_and_a_segmented_ranker():
-    ranking = fitted("learned")
+    ranking = fitted("learned", next_categories=True)
     assert [s.name for s in ranking.sources()] == list(SOURCES)
+    assert "next_category" not in [s.name for s in fitted("learned").sources()]  # off by default
     assert isinstance(ranking.ranker, SegmentedRanker)
     assert {"ctx_share_short", "ann_rr", "next_category_present"} <= set(ranking.feature_names)
     assert [s.name for s in fitted("blend").sources()] == [
@@ -511,32 +512,52 @@ def test_lambdarank_ranker_round_trips_exactly():
 # --- selection --------------------------------------------------------------------------------
 
 
-def figures(**ndcg: float) -> dict[str, dict[str, float]]:
-    return {name: {"ndcg_at_20": value, "recall_at_50": 0.5} for name, value in ndcg.items()}
+def validations(**ndcg: list[float]) -> dict[str, Validation]:
+    return {
+        name: Validation({"ndcg_at_20": float(np.mean(v))}, np.asarray(v, np.float64))
+        for name, v in ndcg.items()
+    }
+
+
+SURE = [0.3, 0.5, 0.4, 0.6]  # +0.1 for every user against the 0.2-0.5 rows below
+LUCKY = [0.9, 0.0, 0.9, 0.0]  # a higher mean than SIMPLE's, but no consistent gain
+SIMPLE = [0.2, 0.4, 0.3, 0.5]
 
 
 @pytest.mark.parametrize(
     ("ndcg", "chosen"),
     [
-        ({"repeat": 0.3, "blend": 0.4, "learned": 0.41}, "learned"),
-        ({"repeat": 0.3, "blend": 0.4, "learned": 0.4}, "blend"),  # a tie is not a win
-        ({"repeat": 0.5, "blend": 0.4, "learned": 0.45}, "repeat"),
-        ({"repeat": 0.4, "blend": 0.4, "learned": 0.1}, "repeat"),  # ties: the simpler
-        ({"repeat": 0.2, "blend": 0.3}, "blend"),
+        ({"repeat": [0.1] * 4, "blend": SIMPLE, "learned": SURE}, "learned"),
+        ({"repeat": [0.1] * 4, "blend": SIMPLE, "learned": LUCKY}, "blend"),  # chance, not a win
+        ({"repeat": [0.1] * 4, "blend": SIMPLE, "learned": SIMPLE}, "blend"),  # a tie
+        ({"repeat": SURE, "blend": SIMPLE, "learned": SURE}, "repeat"),
+        ({"repeat": SIMPLE, "blend": SIMPLE, "learned": [0.0] * 4}, "repeat"),  # ties: simpler
+        ({"repeat": [0.1] * 4, "blend": SIMPLE}, "blend"),
+        ({"repeat": [0.1], "blend": [0.2], "learned": [0.9]}, "blend"),  # one user decides nothing
     ],
 )
-def test_choose_serves_learned_only_when_it_strictly_beats_the_best_simple_policy(ndcg, chosen):
-    assert choose(figures(**ndcg), simple=SIMPLE_POLICIES) == chosen
+def test_choose_serves_learned_only_when_it_beats_the_best_simple_policy_beyond_chance(
+    ndcg, chosen
+):
+    assert choose(validations(**ndcg), simple=SIMPLE_POLICIES) == chosen
+
+
+def test_gain_lower_bound_by_hand():
+    gain = np.array([0.1, 0.3, -0.1, 0.1])
+    want = gain.mean() - 1.2816 * gain.std(ddof=1) / 2
+    assert gain_lower_bound(gain, np.zeros(4)) == pytest.approx(want)
+    assert gain_lower_bound(np.ones(1), np.zeros(1)) == float("-inf")
 
 
 def test_validation_figures_by_hand():
     ranked = pl.DataFrame({"user_id": [1, 1, 2, 9], "rank": [1, 2, 1, 1], "item_id": [5, 6, 7, 8]})
     truth = GroundTruth.from_frame(pl.DataFrame({"user_id": [1, 2], "item_id": [6, 8]}))
-    got = validation_figures(ranked, truth)
+    got = validate(ranked, truth)
     # user 1 hits at rank 2 (NDCG 1/log2(3)), user 2 misses; user 9 has no truth
-    assert got == pytest.approx(
+    assert got.figures == pytest.approx(
         {"ndcg_at_20": (1 / np.log2(3)) / 2, "recall_at_50": 0.5, "n_users": 2}
     )
+    np.testing.assert_allclose(got.ndcg, [1 / np.log2(3), 0.0])
 
 
 # --- reasons ----------------------------------------------------------------------------------

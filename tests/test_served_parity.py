@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 from feature_helpers import load_events
+from model_helpers import train_learned
 
 from recsys.config import FeatureConfig
 from recsys.features.materialize import materialize
@@ -50,24 +51,11 @@ def trained(built, tmp_path_factory: pytest.TempPathFactory):
     learned one (the choice on validation is forced: with so few users a simple policy may
     win, and the learned policy is the one with the ANN source), then ``recsys score``."""
     pytest.importorskip("tensorflow")
-    from recsys.models import interest
-    from recsys.models.gnn import GnnConfig
-    from recsys.models.training import score_home, train_home
-    from recsys.models.two_tower import TwoTowerConfig
+    from recsys.models.training import score_home
 
     paths = resolve_home(tmp_path_factory.mktemp("parity_trained") / "home")
     shutil.copytree(built.home, paths.home)
-    config = interest.InterestConfig(
-        gnn=GnnConfig(hidden_dim=8, epochs=1, batch_size=4096, show_progress=False),
-        towers=TwoTowerConfig(
-            embedding_dim=8, user_hash_bins=1000, epochs=1, batch_size=256, show_progress=False
-        ),
-        show_progress=False,
-        policies=("repeat", "blend", "learned"),
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(interest, "choose", lambda figures, **_: "learned")
-        report = train_home(paths, config=config)
+    report = train_learned(paths)
     run = score_home(paths, k=K, exclude_purchased=True)
     return paths, report, run
 
@@ -100,10 +88,11 @@ def _scored(paths, run_id: int) -> tuple[dict[int, list[dict]], str]:
 
 def _assert_same_list(got: list[dict], want: list[dict], label: str) -> None:
     assert [[i[f] for f in FIELDS] for i in got] == [[i[f] for f in FIELDS] for i in want], label
-    # 1e-6, relative for the larger logits: the ANN score is a float32 dot product, and the
-    # tower runs on one row in a request but on a batch in `recsys score` (measured: 3e-7).
+    # 2e-6, relative for the larger logits: the ANN score is a float32 dot product, and the
+    # tower runs on one row in a request but on a batch in `recsys score` (measured: 3e-7 to
+    # 1.02e-6 after the ranker's weights).
     want_scores = [i["score"] for i in want]
-    assert [i["score"] for i in got] == pytest.approx(want_scores, rel=1e-6, abs=1e-6), label
+    assert [i["score"] for i in got] == pytest.approx(want_scores, rel=2e-6, abs=2e-6), label
 
 
 def _get(client, user: int, k: int = K) -> dict:
@@ -170,7 +159,7 @@ def test_after_an_event_the_service_ranks_the_updated_profile(trained, tmp_path)
         ).json()
         assert posted["results"][0]["outcome"] == "applied"
         body = _get(client, user)
-        profile = client.app.state.holder["service"].reader.read(user)
+        profile = client.app.state.runtime.service.reader.read(user)
     assert profile.sequence[0][:3] == (item, category, "cart")
     frame = profiles_from_features([(user, profile.as_of, profile.features)])
     want = model.ranking_.rank(frame, K, exclude_purchased=True).to_dicts()
@@ -225,7 +214,7 @@ def test_a_home_without_a_model_serves_the_repeat_policy(built, tmp_path):
     users = known_users(paths).tolist()
     with _client(paths) as client:
         assert client.get("/readyz").json()["model"].startswith("degraded: no model")
-        reader = client.app.state.holder["service"].reader
+        reader = client.app.state.runtime.service.reader
         for user in users:
             body = _get(client, user)
             assert body["model_version"] == "none" and body["ranker"] == "repeat"

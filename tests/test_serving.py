@@ -22,10 +22,10 @@ import pandas as pd
 import polars as pl
 import pytest
 from fastapi.testclient import TestClient
-from feature_helpers import load_events
+from model_helpers import train_learned
+from serving_helpers import copy_home, ready_home
 
 from recsys.config import FeatureConfig
-from recsys.features.materialize import materialize
 from recsys.features.read import OnlineReader, online_features
 from recsys.features.repo import feature_store
 from recsys.home import resolve_home
@@ -40,7 +40,6 @@ from recsys.serving.schemas import RecommendationsOut
 from recsys.serving.service import ModelState
 from recsys.serving.settings import ServiceSettings, ServingError
 from recsys.warehouse.build import build
-from recsys.warehouse.simulate import SimulationConfig, simulate
 from recsys.warehouse.writeback import write_run
 
 SERVICE_ROWS = "select user_id, item_id, behavior, event_time from events where source_file = ?"
@@ -49,21 +48,13 @@ SERVICE_ROWS = "select user_id, item_id, behavior, event_time from events where 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory):
     """A ready home (ingest -> build -> materialise) with 12 categories; tests copy it."""
-    paths = resolve_home(tmp_path_factory.mktemp("template"))
-    sim = simulate(SimulationConfig(users=30, items=360, days=4, seed=7, categories=12))
-    events = sim.events.to_pandas()
-    load_events(paths, events)
-    build(paths)
-    materialize(paths)
-    return paths, events
+    return ready_home(tmp_path_factory.mktemp("template"))
 
 
 @pytest.fixture
 def home(template, tmp_path):
     paths, events = template
-    copy = resolve_home(tmp_path / "home")
-    shutil.copytree(paths.home, copy.home)
-    return copy, events
+    return copy_home(paths, tmp_path / "home"), events
 
 
 def _client(paths, model: ModelState | None = None, **overrides) -> TestClient:
@@ -327,8 +318,10 @@ def test_exclude_purchased_policy(home):
 def test_bad_events_get_a_clear_4xx(home, body, status, message):
     paths, _ = home
     with _client(paths, max_batch=10) as client:
-        content = body if isinstance(body, str) else None
-        kwargs = {"content": content} if content else {"json": body}
+        if isinstance(body, str):
+            kwargs = {"content": body, "headers": {"content-type": "application/json"}}
+        else:
+            kwargs = {"json": body}
         response = client.post("/v1/events", **kwargs)
         assert response.status_code == status
         assert message in response.json()["error"]
@@ -481,26 +474,11 @@ def trained(template, tmp_path_factory):
     """A copy of the template home with a tiny interest model trained on it (``recsys train``);
     the learned policy (the one with the ANN source) is served whatever the validation says."""
     pytest.importorskip("tensorflow")
-    from recsys.models import interest
-    from recsys.models.gnn import GnnConfig
-    from recsys.models.interest import InterestConfig
-    from recsys.models.training import train_home
-    from recsys.models.two_tower import TwoTowerConfig
 
     paths, events = template
     copy = resolve_home(tmp_path_factory.mktemp("trained") / "home")
     shutil.copytree(paths.home, copy.home)
-    config = InterestConfig(
-        gnn=GnnConfig(hidden_dim=8, epochs=1, batch_size=4096, show_progress=False),
-        towers=TwoTowerConfig(
-            embedding_dim=8, user_hash_bins=1000, epochs=1, batch_size=256, show_progress=False
-        ),
-        show_progress=False,
-        policies=("repeat", "blend", "learned"),
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(interest, "choose", lambda figures, **_: "learned")
-        report = train_home(copy, config=config)
+    report = train_learned(copy)
     return copy, events, report
 
 

@@ -26,7 +26,7 @@ from recsys.ranking.profiles import (
 )
 from recsys.ranking.ranker import LogisticRanker
 from recsys.ranking.score import cold_start
-from recsys.ranking.sources import CategorySource
+from recsys.ranking.sources import CategorySource, Rows, Users
 from recsys.ranking.tables import ItemTables
 from recsys.serving.catalogue import Catalogue, Migration
 from recsys.serving.service import current_migration
@@ -83,12 +83,13 @@ class FixedSource:
     name: str
     rows: list[tuple[int, float]]
 
-    def candidates(self, users, tables: ItemTables) -> pl.DataFrame:
-        profiles = getattr(users, "profiles", users)  # the batch's profiles, however wrapped
-        items, scores = zip(*self.rows, strict=True)
-        return profiles.select("user_id").join(
-            pl.DataFrame({"item_id": list(items), f"{self.name}_score": list(scores)}),
-            how="cross",
+    def candidates(self, users: Users, tables: ItemTables) -> Rows:
+        items, scores = (np.array(c) for c in zip(*sorted(self.rows), strict=True))
+        n_users = len(users.user_id)
+        return Rows(
+            np.repeat(users.user_id, len(items)),
+            np.tile(items, n_users),
+            {f"{self.name}_score": np.tile(scores.astype(np.float64), n_users)},
         )
 
 

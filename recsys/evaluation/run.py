@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -97,14 +98,32 @@ def baseline_factories(config: FeatureConfig) -> dict[str, RecommenderFactory]:
 LEARNED_MODEL = "interest_model"
 
 
-ABLATIONS = ("no_gnn", "no_sequence", "no_next_category", "no_multi_interest")
+ABLATIONS = (
+    "full",
+    "full-no_gnn",
+    "full-no_sequence",
+    "full-no_next_category",
+    "full-no_multi_interest",
+)
+# Every component on: the GNN embeddings and the sequence encoder in the query tower, the
+# next_category source and one ANN query per top short-horizon interest (up to 3).
+FULL_TOWERS = {"use_gnn": True, "use_sequence": True}
+FULL_RANKING = {"next_categories": True, "ann_interests": 3}
+# The full model and its ablations serve the learned policy whatever the validation day says:
+# a simple fallback uses none of the components, and a switch between learned policies would
+# change two things at once.
+LEARNED_POLICIES = ("learned",)
 
 
 def learned_models(*, ablations: bool) -> dict[str, RecommenderFactory]:
-    """The learned interest model and, with ``ablations``, its variants (same data, same
-    seeds, one change each): ``-no_gnn`` (tower inputs without the GNN embeddings),
-    ``-no_sequence`` (no sequence encoder), ``-no_next_category`` (no next-category candidate
-    source) and ``-no_multi_interest`` (one ANN query per user instead of one per interest)."""
+    """The learned interest model as served (its defaults) and, with ``ablations``, the full
+    model (every component on: ``FULL_TOWERS``, ``FULL_RANKING``) and the full model without
+    one component each (same data, same seeds): ``-full-no_gnn`` (tower inputs without the GNN
+    embeddings), ``-full-no_sequence`` (no sequence encoder), ``-full-no_next_category`` (no
+    next-category candidate source) and ``-full-no_multi_interest`` (one ANN query per user
+    instead of one per interest). These serve the learned policy (``LEARNED_POLICIES``). A
+    component is on by default only when removing it from the full model costs more than the
+    paired interval."""
 
     def variant(towers: dict[str, bool] | None = None, **ranking: object) -> RecommenderFactory:
         def make() -> Recommender:
@@ -114,11 +133,12 @@ def learned_models(*, ablations: bool) -> dict[str, RecommenderFactory]:
             from recsys.models.retrieval import default_tower_config
             from recsys.ranking.policy import RankingSettings
 
+            config = InterestConfig(
+                towers=replace(default_tower_config(), **(towers or {})),
+                ranking=replace(RankingSettings(), **ranking),
+            )
             return InterestModel(
-                InterestConfig(
-                    towers=replace(default_tower_config(), **(towers or {})),
-                    ranking=replace(RankingSettings(), **ranking),
-                )
+                config if towers is None else replace(config, policies=LEARNED_POLICIES)
             )
 
         return make
@@ -126,10 +146,13 @@ def learned_models(*, ablations: bool) -> dict[str, RecommenderFactory]:
     models = {LEARNED_MODEL: variant()}
     if ablations:
         changes: dict[str, RecommenderFactory] = {
-            "no_gnn": variant({"use_gnn": False}),
-            "no_sequence": variant({"use_sequence": False}),
-            "no_next_category": variant(next_categories=False),
-            "no_multi_interest": variant(ann_interests=0),
+            "full": variant(FULL_TOWERS, **FULL_RANKING),
+            "full-no_gnn": variant(FULL_TOWERS | {"use_gnn": False}, **FULL_RANKING),
+            "full-no_sequence": variant(FULL_TOWERS | {"use_sequence": False}, **FULL_RANKING),
+            "full-no_next_category": variant(
+                FULL_TOWERS, **FULL_RANKING | {"next_categories": False}
+            ),
+            "full-no_multi_interest": variant(FULL_TOWERS, **FULL_RANKING | {"ann_interests": 0}),
         }
         models.update({f"{LEARNED_MODEL}-{name}": changes[name] for name in ABLATIONS})
     return models
@@ -226,10 +249,21 @@ def _recommend_all(
             served = ""
             if getattr(model, "policy_", None) is not None:
                 policies[name] = str(model.policy_)
-                served = f", serves the {model.policy_} policy"
+                served = f", serves the {model.policy_} policy" + _validation_note(model)
             console.log(f"{name}: {time.perf_counter() - started:.1f}s{served}")
             progress.advance(task)
     return recs, policies
+
+
+def _validation_note(model: Any) -> str:
+    """The validation figures behind a model's choice of policy, for the log (when kept)."""
+    validation = getattr(model, "validation_", None) or {}
+    parts = []
+    for name, figures in validation.items():
+        bound = figures.get("ndcg_gain_lower_bound")
+        gain = "" if bound is None else f" (gain lower bound {bound:+.4f})"
+        parts.append(f"{name} {figures['ndcg_at_20']:.4f}{gain}")
+    return f"; validation NDCG@20: {', '.join(parts)}" if parts else ""
 
 
 def _record_run(

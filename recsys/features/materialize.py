@@ -1,5 +1,9 @@
 """Materialisation: load the latest export row of every entity into a home's online store, and
-seed the online updater's state from the same build."""
+seed the online updater's state from the same build.
+
+The exports are first checked to be one build's (``recsys.warehouse.exports``: the files of its
+manifest, unchanged; without a manifest, every build export ending at the same as_of), so that
+a mix of builds is refused with one line instead of being loaded."""
 
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ from recsys.features.feast_compat import quiet
 from recsys.features.repo import SQLITE, OnlineStoreSettings, apply, feature_store
 from recsys.home import Paths
 from recsys.online.seed import SeedError, SeedReport, Snapshot, read_snapshot, write_snapshot
+from recsys.online.updater import FeastPushWriter
+from recsys.warehouse import exports
+from recsys.warehouse.build import EXPORTS
 from recsys.warehouse.connect import WarehouseBusyError
 
 
@@ -50,20 +57,54 @@ class MaterializationReport:
 
 def export_time_range(paths: Paths) -> tuple[datetime, datetime]:
     """Min and max ``event_timestamp`` over the exports (naive UTC)."""
-    files = [str(p) for p in sorted(paths.features.glob("*.parquet"))]
+    return _time_range(paths.features, _export_stamps(paths.features))
+
+
+def _export_stamps(folder: Path) -> dict[str, tuple[datetime, datetime]]:
+    """File name -> min and max ``event_timestamp`` of every export in ``folder`` with rows."""
+    files = [str(p) for p in sorted(folder.glob("*.parquet"))]
     if not files:
         raise FeatureStoreError(
-            f"no feature exports in {paths.features}: run `make demo` or `recsys build` first"
+            f"no feature exports in {folder}: run `make demo` or `recsys build` first"
         )
-    con = duckdb.connect()
-    low, high = con.execute(
-        "select min(event_timestamp), max(event_timestamp) "
-        "from read_parquet(?, union_by_name = true)",
-        [files],
-    ).fetchone()
-    if low is None:
-        raise MaterializationError(f"the exports in {paths.features} hold no rows")
-    return low, high
+    rows = (
+        duckdb.connect()
+        .execute(
+            "select parse_filename(filename), min(event_timestamp), max(event_timestamp) "
+            "from read_parquet(?, union_by_name = true, filename = true) group by all",
+            [files],
+        )
+        .fetchall()
+    )
+    return {name: (low, high) for name, low, high in rows}
+
+
+def _time_range(
+    folder: Path, stamps: dict[str, tuple[datetime, datetime]]
+) -> tuple[datetime, datetime]:
+    if not stamps:
+        raise MaterializationError(f"the exports in {folder} hold no rows")
+    return min(low for low, _ in stamps.values()), max(high for _, high in stamps.values())
+
+
+def _build_as_of(folder: Path, stamps: dict[str, tuple[datetime, datetime]]) -> datetime | None:
+    """The as_of of the one build whose exports ``folder`` holds (None: no user exports);
+    ``MaterializationError`` when they are not one build's."""
+    try:
+        manifest = exports.verify(folder)
+    except exports.ExportsError as exc:
+        raise MaterializationError(str(exc)) from None
+    if manifest is not None:
+        return manifest.as_of
+    # Without a manifest (exports copied in, or built before manifests), a build's files at
+    # least all end at its as_of: every entity has a row there.
+    ends = {name: stamps[name][1] for name in EXPORTS if name in stamps}
+    if len(set(ends.values())) > 1:
+        listed = ", ".join(f"{name} as of {end}" for name, end in sorted(ends.items()))
+        raise MaterializationError(
+            f"the exports in {folder} mix builds ({listed}): run `recsys build`"
+        )
+    return ends.get("user_interest.parquet")
 
 
 def _entities_in_range(view: FeatureView, path: Path, start: datetime, end: datetime) -> int:
@@ -99,20 +140,27 @@ def materialize(
     ``fast=False`` (or a store setting the direct writer does not reproduce) runs
     ``FeatureStore.materialize``.
 
+    The exports read are those of the folder the registry's sources name (one build's
+    version, fixed by ``apply``), checked first to be one build's.
+
     Then the online updater's state (``recsys.online.seed``) is replaced by the marts of the
     same build, so that events applied later continue each user's history instead of
-    overwriting it. The marts are read first: ``MaterializationError`` before anything is
-    written when they are of another build than the exports. A home without a warehouse
-    (exports copied in) has no state to seed.
+    overwriting it, and the events the updater applied since the previous seed are replayed
+    onto it: the users with events the build does not count get their rows pushed again, in
+    place of the build's older rows just loaded. The marts are read first:
+    ``MaterializationError`` before anything is written when they are of another build than
+    the exports. A home without a warehouse (exports copied in) has no state to seed.
     """
     apply(paths, online=online)
     store = feature_store(paths, online)
-    start, end = export_time_range(paths)
-    config = FeatureConfig()
-    snapshot = _updater_snapshot(paths, config)
     views = [
         view for view in store.list_feature_views() if view.online and _source_path(view).exists()
     ]
+    (folder,) = {_source_path(view).parent for view in views}
+    stamps = _export_stamps(folder)
+    start, end = _time_range(folder, stamps)
+    config = FeatureConfig()
+    snapshot = _updater_snapshot(paths, config, _build_as_of(folder, stamps))
     writer = online_store.online_writer(store) if fast and _bulk_loadable(views) else None
     began = time.perf_counter()
     if writer is None:
@@ -124,24 +172,32 @@ def materialize(
             writer.close()
     seconds = time.perf_counter() - began
     _check_materialized(store, views, rows)
-    seed = write_snapshot(paths, snapshot, config) if snapshot else None
+    seed = _seed(paths, store, snapshot, config) if snapshot else None
     return MaterializationReport(start=start, end=end, rows=rows, seconds=seconds, seed=seed)
 
 
-def _updater_snapshot(paths: Paths, config: FeatureConfig) -> Snapshot | None:
-    """The online updater's state from the marts of the build whose user exports are loaded."""
-    exports = paths.features / "user_interest.parquet"
-    if not paths.warehouse.exists() or not exports.exists():
+def _updater_snapshot(
+    paths: Paths, config: FeatureConfig, as_of: datetime | None
+) -> Snapshot | None:
+    """The online updater's state from the marts of the build (as of ``as_of``) whose user
+    exports are loaded."""
+    if not paths.warehouse.exists() or as_of is None:
         return None
-    (as_of,) = (
-        duckdb.connect()
-        .execute("select max(event_timestamp) from read_parquet(?)", [str(exports)])
-        .fetchone()
-    )
     try:
         return read_snapshot(paths, config, expect_as_of=as_of)
     except (SeedError, WarehouseBusyError) as exc:
         raise MaterializationError(f"cannot seed the online updater's state: {exc}") from None
+
+
+def _seed(
+    paths: Paths, store: FeatureStore, snapshot: Snapshot, config: FeatureConfig
+) -> SeedReport:
+    """Seed the state; replayed users' rows go out through the push sources."""
+    push = FeastPushWriter(store)
+    try:
+        return write_snapshot(paths, snapshot, config, push=push)
+    finally:
+        push.close()
 
 
 def _no_rows(start: datetime, end: datetime, paths: Paths) -> MaterializationError:

@@ -5,7 +5,8 @@ open formats (SavedModel, npz, Parquet, JSON). ``write_manifest`` lists every fi
 folder; ``verify`` refuses a folder whose manifest is missing, foreign or of another format
 version, or whose files differ from the list (changed, truncated, missing or extra);
 ``latest_verified`` picks the newest folder that verifies. ``write_json`` / ``read_json`` and
-``save_arrays`` / ``load_arrays`` store metadata and plain arrays, never serialised code.
+``save_arrays`` / ``load_arrays`` store metadata and plain arrays, never serialised code;
+``rehash`` updates the entries of files rewritten in place (``recsys forget``).
 
 No TensorFlow here: the CLI and the service check folders before paying for its import.
 """
@@ -18,7 +19,7 @@ import logging
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -155,6 +156,25 @@ def write_manifest(
         **extra,
         "files": files,
     }
+    write_json(directory / MANIFEST, manifest)
+    return manifest
+
+
+def rehash(directory: Path, rewritten: Iterable[str]) -> dict:
+    """Update the manifest entries (sha256, bytes) of listed files that were rewritten in place,
+    and return the manifest. Every other key stays, so the folder keeps its version, as_of and
+    created_at (``latest_verified`` ranks it as before). Verify the folder before rewriting its
+    files: this re-signs whatever the files now hold."""
+    directory = Path(directory)
+    manifest = _checked_manifest(directory)
+    changed = set(rewritten)
+    unlisted = sorted(changed - {entry["path"] for entry in manifest["files"]})
+    if unlisted:
+        raise ArtifactError(f"{directory}: file {unlisted[0]} is not in the manifest")
+    for entry in manifest["files"]:
+        if entry["path"] in changed:
+            file = directory / entry["path"]
+            entry["sha256"], entry["bytes"] = _sha256(file), file.stat().st_size
     write_json(directory / MANIFEST, manifest)
     return manifest
 

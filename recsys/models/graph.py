@@ -130,6 +130,12 @@ class GraphEmbeddings:
     category_ids: np.ndarray
     category: np.ndarray
 
+    @classmethod
+    def empty(cls, as_of: datetime) -> GraphEmbeddings:
+        """No nodes and d = 0: what the towers get when they do not use the GNN."""
+        ids, rows = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+        return cls(as_of, ids, rows, ids, rows, ids, rows)
+
     def lookup_users(self, user_ids: np.ndarray) -> np.ndarray:
         """float32 [len(user_ids), d]; zeros for unknown users."""
         return lookup_embeddings(self.user_ids, self.user, user_ids)

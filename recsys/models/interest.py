@@ -8,7 +8,7 @@ fit(events, as_of), with w = the validation window (1 day), t1 = as_of - w, t0 =
    labels before t0 and stop early on [t0, t1);
 3. every policy of ``recsys.ranking.policy`` is fitted on [t0, t1) (profiles, tables and ANN
    as of t0) and validated on [t1, as_of) (as of t1); ``recsys.ranking.select.choose`` picks
-   the one to serve: the learned policy only when it beats the best simple one;
+   the one to serve: the learned policy only when it beats the best simple one beyond chance;
 4. the chosen policy is refitted on [t1, as_of) (as of t1) and set to rank as of as_of.
 
 Nothing at or after as_of is read. ``save`` writes a folder with a manifest of sha256 hashes
@@ -50,9 +50,10 @@ from recsys.ranking.profiles import profiles_at
 from recsys.ranking.select import (
     K_RECALL,
     choose,
+    gain_lower_bound,
     pool_recall,
     recommendation_matrix,
-    validation_figures,
+    validate,
 )
 from recsys.ranking.sources import AnnSearch
 from recsys.ranking.tables import ItemTables, TableSettings
@@ -95,6 +96,21 @@ def window_positives(events: pl.DataFrame, start: datetime, end: datetime) -> pl
     )
 
 
+def _recorded(validations: dict, *, simple: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """The validation figures kept with the model: each policy's means and, for learned
+    policies, the lower bound of their NDCG@20 gain over the best simple policy (the figure
+    ``choose`` requires above 0)."""
+    simple_ones = [v for name, v in validations.items() if name in simple]
+    best_simple = max(simple_ones, key=lambda v: v.ndcg.mean()) if simple_ones else None
+    recorded = {}
+    for name, v in validations.items():
+        recorded[name] = dict(v.figures)
+        if name not in simple and best_simple is not None:
+            bound = gain_lower_bound(v.ndcg, best_simple.ndcg)
+            recorded[name]["ndcg_gain_lower_bound"] = bound if np.isfinite(bound) else None
+    return recorded
+
+
 class InterestModel:
     """The recommender apps receive (module doc); ``recommend`` follows the evaluation protocol."""
 
@@ -131,13 +147,14 @@ class InterestModel:
             }
         first, second = window_positives(events, t0, t1), window_positives(events, t1, as_of)
         truth = GroundTruth.from_frame(second.join(profiles[t1].select("user_id"), on="user_id"))
-        self.validation_ = {}
+        validations = {}
         for name in c.policies:
             ranking = Ranking(POLICIES[name], c.features, tables[t0], c.ranking, ann[t0])
             ranking.fit(profiles[t0], first)
             ranked = ranking.at(tables[t1], ann[t1]).rank(profiles[t1], K_RECALL)
-            self.validation_[name] = validation_figures(ranked, truth)
-        self.policy_ = choose(self.validation_, simple=SIMPLE_POLICIES)
+            validations[name] = validate(ranked, truth)
+        self.policy_ = choose(validations, simple=SIMPLE_POLICIES)
+        self.validation_ = _recorded(validations, simple=SIMPLE_POLICIES)
         every_source = Ranking(POLICIES["learned"], c.features, tables[t1], c.ranking, ann[t1])
         self.pool_ = pool_recall(every_source.candidates(profiles[t1]), second, profiles[t1])
         final = Ranking(POLICIES[self.policy_], c.features, tables[t1], c.ranking, ann[t1])

@@ -1,10 +1,13 @@
 """Seeding the online updater's state from a build of the warehouse.
 
 ``seed_state(paths)`` replaces the whole state (all but ``quarantine``) in one transaction with
-the warehouse's marts as of the build's as_of (``recsys_params.as_of``):
-``user_category_interest`` (sums at as_of, first/last time, counts), ``edges_user_item``
-(behaviour counts per item, latest time per behaviour) and ``user_recent_sequence`` (the
-latest events; time = as_of - gap, exact in microseconds). ``recsys.features.materialize``
+the warehouse's marts as of the build's as_of (``recsys_params.as_of``), then replays onto it
+the events the updater applied since the previous seed (``recsys.online.state.UserState.seed``):
+those the build counts are dropped as duplicates, the others stay, so that reseeding while the
+service runs loses no acknowledged event. The marts are ``user_category_interest`` (sums at
+as_of, first/last time, counts), ``edges_user_item`` (behaviour counts per item, latest time
+per behaviour) and ``user_recent_sequence`` (the latest events; time = as_of - gap, exact in
+microseconds). ``recsys.features.materialize``
 calls it after loading the online store, so both describe the same build, and events applied
 later continue each user's history exactly. Nothing else in the state depends on older events:
 a decayed sum, a count, a min or a max absorbs any further event, and every event outside the
@@ -14,13 +17,16 @@ seeded sequence ranks below all of it, so the latest N of (sequence + new events
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from recsys.config import FeatureConfig
 from recsys.home import Paths
 from recsys.online.state import STATE_FILE, UserState, from_us
+from recsys.online.updater import user_rows
 from recsys.warehouse.connect import DEFAULT_LOCK_TIMEOUT_S
 from recsys.warehouse.writeback import open_for_read
 
@@ -48,18 +54,21 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class SeedReport:
-    """What ``seed_state`` wrote: the build's as_of, users, rows per table and seconds."""
+    """What ``seed_state`` wrote: the build's as_of, users, rows per table, the events
+    applied since the previous seed that were replayed onto it, and seconds."""
 
     as_of: datetime
     users: int
     rows: dict[str, int]
+    replayed: int
     read_seconds: float
     write_seconds: float
 
     def summary(self) -> str:
         return (
             f"seeded the online updater's state for {self.users:,} users as of "
-            f"{self.as_of.isoformat()} in {self.read_seconds + self.write_seconds:.1f}s"
+            f"{self.as_of.isoformat()} (+{self.replayed:,} later events replayed) in "
+            f"{self.read_seconds + self.write_seconds:.1f}s"
         )
 
 
@@ -169,21 +178,43 @@ def _check_build_config(con: Any, config: FeatureConfig) -> None:
             )
 
 
-def write_snapshot(paths: Paths, snapshot: Snapshot, config: FeatureConfig) -> SeedReport:
-    """Replace ``<home>/feast/online_state.db`` (all but its quarantine) by the snapshot."""
+def write_snapshot(
+    paths: Paths,
+    snapshot: Snapshot,
+    config: FeatureConfig,
+    *,
+    push: Callable[[Mapping[str, dict[str, Any]]], None] | None = None,
+) -> SeedReport:
+    """Replace ``<home>/feast/online_state.db`` (all but its quarantine) by the snapshot and
+    replay the events applied since the previous seed; ``push`` (as ``OnlineUpdater``'s) then
+    gets the fresh rows of every user with replayed events, the online store having been
+    loaded with the build's older rows."""
     began = time.perf_counter()
     state = UserState(paths.feast / STATE_FILE, config)
+    publish = None if push is None else partial(_push_rows, state, config, push)
     try:
-        state.seed(snapshot)
+        replayed = state.seed(snapshot, publish)
     finally:
         state.close()
     return SeedReport(
         as_of=snapshot.as_of,
         users=len({row[0] for row in snapshot.categories}),
         rows={name: len(getattr(snapshot, name)) for name in _SNAPSHOT_SQL},
+        replayed=replayed,
         read_seconds=snapshot.read_seconds,
         write_seconds=time.perf_counter() - began,
     )
+
+
+def _push_rows(
+    state: UserState,
+    config: FeatureConfig,
+    push: Callable[[Mapping[str, dict[str, Any]]], None],
+    users: list[int],
+) -> None:
+    """Push each user's rows as of just after their latest event, as the updater does."""
+    for user in users:
+        push(user_rows(state, user, state.latest_us(user) + 1, config))
 
 
 def seed_state(

@@ -14,6 +14,9 @@ microseconds since the epoch (naive UTC). Tables:
 - ``user_horizon``: for users whose history is longer than the recent sequence, the time of the
   oldest event the state holds (see ``recsys.online.seed``);
 - ``seed``: the as_of of the build the state was seeded from;
+- ``applied_events``: the events applied since that seed. The build did not count them, so a
+  reseed (``recsys features materialize``, possibly while the service runs) replays them onto
+  the new build's state instead of dropping acknowledged events (see ``UserState.seed``);
 - ``quarantine``: events that could not be used, with the reason.
 
 Duplicates (same user, item, behavior, event_time) are dropped. The state can tell a duplicate
@@ -25,6 +28,7 @@ keeps it when it is new, and the next build and materialisation count it).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
@@ -38,7 +42,25 @@ if TYPE_CHECKING:
 
 STATE_FILE = "online_state.db"
 # everything but the quarantine, a log of bad input
-SEEDED_TABLES = ("user_category", "user_events", "user_item", "user_last", "user_horizon", "seed")
+SEEDED_TABLES = (
+    "user_category",
+    "user_events",
+    "user_item",
+    "user_last",
+    "user_horizon",
+    "seed",
+    "applied_events",
+)
+# the tables with a user_id column (``forget``)
+USER_TABLES = (
+    "user_category",
+    "user_events",
+    "user_item",
+    "user_last",
+    "user_horizon",
+    "applied_events",
+    "quarantine",
+)
 EPOCH = datetime(1970, 1, 1)
 # the fields of an event, as the quarantine stores whatever of them bad input has
 EVENT_FIELDS = ("user_id", "item_id", "behavior", "event_time", "category_id")
@@ -72,6 +94,11 @@ create table if not exists user_horizon (
 create table if not exists seed (
     as_of_us integer not null, seeded_at text not null
 );
+create table if not exists applied_events (
+    user_id integer not null, item_id integer not null, behavior text not null,
+    category_id integer not null, event_us integer not null,
+    primary key (user_id, item_id, behavior, event_us)
+) without rowid;
 create table if not exists quarantine (
     user_id, item_id, category_id, behavior, event_time, reason text not null,
     quarantined_at text not null
@@ -120,22 +147,21 @@ class UserState:
     def record(
         self, user_id: int, item_id: int, behavior: str, category_id: int, event_us: int
     ) -> Outcome:
-        """Add one event to the state: APPLIED, or DUPLICATE / STALE with nothing changed."""
+        """Add one event to the state: APPLIED (and logged in ``applied_events``), or
+        DUPLICATE / STALE with nothing changed. Inside a transaction (a reseed) it nests."""
         weight = self.config.behavior_weights[behavior]
         con = self.con
-        con.execute("begin")
+        con.execute("savepoint record")
         try:
             inserted = con.execute(
                 "insert or ignore into user_events values (?, ?, ?, ?, ?)",
                 (user_id, item_id, behavior, event_us, category_id),
             ).rowcount
-            if not inserted:
-                con.execute("rollback")
-                return Outcome.DUPLICATE
             horizon = self.horizon_us(user_id)
-            if horizon is not None and event_us <= horizon:
-                con.execute("rollback")
-                return Outcome.STALE
+            if not inserted or (horizon is not None and event_us <= horizon):
+                con.execute("rollback to record")
+                con.execute("release record")
+                return Outcome.STALE if inserted else Outcome.DUPLICATE
             row = con.execute(
                 "select short, long, ref_us from user_category where user_id = ? and "
                 "category_id = ?",
@@ -166,9 +192,14 @@ class UserState:
                 "do update set last_us = max(last_us, excluded.last_us)",
                 (user_id, behavior, event_us),
             )
-            con.execute("commit")
+            con.execute(
+                "insert into applied_events values (?, ?, ?, ?, ?)",
+                (user_id, item_id, behavior, category_id, event_us),
+            )
+            con.execute("release record")
         except BaseException:
-            con.execute("rollback")
+            con.execute("rollback to record")
+            con.execute("release record")
             raise
         return Outcome.APPLIED
 
@@ -185,11 +216,23 @@ class UserState:
         row = self.con.execute("select as_of_us from seed").fetchone()
         return from_us(row[0]) if row else None
 
-    def seed(self, snapshot: Snapshot) -> None:
-        """Replace the state (all but the quarantine) by a build's snapshot, in one transaction."""
+    def seed(self, snapshot: Snapshot, publish: Callable[[list[int]], None] | None = None) -> int:
+        """Replace the state (all but the quarantine) by a build's snapshot and replay onto it
+        the events applied since the previous seed, in one transaction; returns how many of
+        them were applied again.
+
+        A replayed event that the build counts is in the seeded sequence or older than it, so
+        it comes back DUPLICATE or STALE and is dropped; the others are applied again and stay
+        logged. Replaying the whole log is therefore exact, whatever the build saw. ``publish``
+        is given the users with events applied again while the transaction still holds the
+        write lock, so that no event of theirs is applied before their rows are pushed.
+        """
         con = self.con
         con.execute("begin immediate")
         try:
+            pending = con.execute(
+                "select user_id, item_id, behavior, category_id, event_us from applied_events"
+            ).fetchall()
             for table in SEEDED_TABLES:
                 con.execute(f"delete from {table}")
             con.executemany(
@@ -203,10 +246,14 @@ class UserState:
                 "insert into seed values (?, ?)",
                 (snapshot.as_of_us, datetime.now(UTC).isoformat()),
             )
+            replayed = [event for event in pending if self.record(*event) is Outcome.APPLIED]
+            if publish is not None and replayed:
+                publish(sorted({event[0] for event in replayed}))
             con.execute("commit")
         except BaseException:
             con.execute("rollback")
             raise
+        return len(replayed)
 
     def latest_us(self, user_id: int) -> int | None:
         (latest,) = self.con.execute(
@@ -277,6 +324,31 @@ class UserState:
                 datetime.now(UTC).isoformat(),
             ),
         )
+
+    def forget(self, user_id: int) -> dict[str, int]:
+        """Delete the user's rows from every table, the quarantine included; returns the rows
+        deleted per table."""
+        con = self.con
+        (secure,) = con.execute("pragma secure_delete").fetchone()
+        # zeroed, not left in free pages; then checkpointed, so the WAL keeps no old page either
+        con.execute("pragma secure_delete = on")
+        con.execute("begin immediate")
+        try:
+            # the quarantine keeps bad input as given: an id may be stored as text
+            removed = {
+                table: con.execute(
+                    f"delete from {table} where user_id in (?, ?)", (user_id, str(user_id))
+                ).rowcount
+                for table in USER_TABLES
+            }
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+        finally:
+            con.execute("pragma secure_delete = on" if secure else "pragma secure_delete = off")
+        con.execute("pragma wal_checkpoint(truncate)")
+        return removed
 
     def quarantined(self) -> list[tuple[Any, ...]]:
         return self.con.execute(

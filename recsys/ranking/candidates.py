@@ -1,6 +1,6 @@
 """The union of the sources' candidates, one feature row per (user, item).
 
-Columns: user_id, item_id, category_id, then Float64 features: every source column
+Columns: user_id, item_id, category_id, then float64 features: every source column
 (``<source>_*``), a reciprocal rank and a presence flag per source (``<source>_rr``,
 ``<source>_present``; 0 where the source did not propose the item), the item's popularity
 (``item_pop_short``, ``item_pop_long``, ``item_trend``) and, with ``context``, where the user's
@@ -13,103 +13,95 @@ Rows are sorted by user_id, item_id.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
-from recsys.ranking.profiles import (
-    LONG_CATEGORIES,
-    LONG_SCORES,
-    LONG_TOTAL,
-    SHORT_CATEGORIES,
-    SHORT_SCORES,
-    SHORT_TOTAL,
-)
-from recsys.ranking.sources import Source, Users
+from recsys.ranking.arrays import Groups, match, ranked_within
+from recsys.ranking.sources import Rows, Source, Users
 from recsys.ranking.tables import ItemTables
 
 KEYS = ("user_id", "item_id", "category_id")
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """The candidate table as arrays: ``rows`` (user_id, item_id and the float64 features, in
+    the module docstring's order) and ``category_id`` int64 [n] with ``category_known`` bool [n]
+    (False for an item neither the tables nor the user's sequence place in a category)."""
+
+    rows: Rows
+    category_id: np.ndarray
+    category_known: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def frame(self) -> pl.DataFrame:
+        category = pl.Series("category_id", self.category_id, pl.Int64)
+        if not self.category_known.all():
+            category = category.scatter(np.flatnonzero(~self.category_known), None)
+        return self.rows.frame().insert_column(2, category)
+
+
+def candidate_arrays(
+    users: Users, tables: ItemTables, sources: Sequence[Source], *, context: bool
+) -> Candidates:
+    """See the module docstring."""
+    if not sources:
+        raise ValueError("a ranking needs at least one source")
+    parts = [source.candidates(users, tables) for source in sources]
+    union = Groups.of(
+        np.concatenate([p.user_id for p in parts]), np.concatenate([p.item_id for p in parts])
+    )
+    group = union.ids()
+    user_id = union.first(np.concatenate([p.user_id for p in parts]))
+    item_id = union.first(np.concatenate([p.item_id for p in parts]))
+    columns: dict[str, np.ndarray] = {}
+    offset = 0
+    for source, part in zip(sources, parts, strict=True):
+        rows = group[offset : offset + len(part)]
+        offset += len(part)
+        rank = ranked_within(part.user_id, part.columns[f"{source.name}_score"], part.item_id)
+        for name, values in (
+            *part.columns.items(),
+            (f"{source.name}_rr", 1.0 / (rank + 1.0)),
+            (f"{source.name}_present", np.ones(len(part))),
+        ):
+            columns[name] = np.zeros(len(union))
+            columns[name][rows] = values
+    # Items the tables do not know (first seen online) keep the category their events carried.
+    # A binary search in the sorted items table: a join (``match``) would sort all its rows.
+    item = np.full(len(item_id), -1, np.int64)
+    found, rows = tables.lookup("items", item_id, per_key=1)
+    item[found] = rows
+    known = item >= 0
+    e = users.events
+    events = Groups.of(e.user_id, e.item_id)  # stable: an item's first row is its latest event
+    seen = match((user_id, item_id), (events.first(e.user_id), events.first(e.item_id)))
+    category_id = np.where(
+        known,
+        tables.column("items", "category_id")[item],
+        np.where(seen >= 0, events.first(e.category_id)[seen], 0),
+    )
+    category_known = known | (seen >= 0)
+    for name, column in (
+        ("item_pop_short", "pop_short"),
+        ("item_pop_long", "pop_long"),
+        ("item_trend", "trend"),
+    ):
+        columns[name] = np.where(known, tables.column("items", column)[item], 0.0)
+    if context:
+        for name, interests in (("ctx_share_short", users.short), ("ctx_share_long", users.long)):
+            at = match((user_id, category_id), (interests.user_id, interests.category_id))
+            columns[name] = np.where((at >= 0) & category_known, interests.share[at], 0.0)
+        columns["ctx_rise"] = columns["ctx_share_short"] - columns["ctx_share_long"]
+    return Candidates(Rows(user_id, item_id, columns), category_id, category_known)
+
+
 def candidate_table(
     profiles: pl.DataFrame, tables: ItemTables, sources: Sequence[Source], *, context: bool
 ) -> pl.DataFrame:
-    """See the module docstring."""
-    users = Users.of(profiles)
-    frames = []
-    for source in sources:
-        score = f"{source.name}_score"
-        frames.append(
-            source.candidates(users, tables)
-            .sort("user_id", "item_id")
-            .with_columns(
-                (1.0 / pl.col(score).rank("ordinal", descending=True).over("user_id")).alias(
-                    f"{source.name}_rr"
-                ),
-                pl.lit(1.0).alias(f"{source.name}_present"),
-            )
-        )
-    if not frames:
-        raise ValueError("a ranking needs at least one source")
-    # One group-by over the stacked frames: each source's columns are null in the others' rows,
-    # so max() takes the proposing source's value (cheaper than a chain of full joins).
-    table = (
-        pl.concat(frames, how="diagonal_relaxed").group_by("user_id", "item_id").agg(pl.all().max())
-    )
-    items = tables.rows("items", table["item_id"]).select(
-        "item_id",
-        "category_id",
-        pl.col("pop_short").alias("item_pop_short"),
-        pl.col("pop_long").alias("item_pop_long"),
-        pl.col("trend").alias("item_trend"),
-    )
-    # Items the tables do not know (first seen online) keep the category their events carried.
-    seen = users.events.group_by("user_id", "item_id").agg(
-        pl.col("category_id").first().alias("seq_category_id")
-    )
-    table = (
-        table.join(items, on="item_id", how="left")
-        .join(seen, on=["user_id", "item_id"], how="left")
-        .with_columns(pl.coalesce("category_id", "seq_category_id").alias("category_id"))
-        .drop("seq_category_id")
-    )
-    if context:
-        table = table.join(
-            _category_shares(profiles), on=["user_id", "category_id"], how="left"
-        ).with_columns(
-            ctx_rise=pl.col("ctx_share_short").fill_null(0.0)
-            - pl.col("ctx_share_long").fill_null(0.0)
-        )
-    return table.with_columns(pl.exclude(KEYS).cast(pl.Float64).fill_null(0.0)).sort(
-        "user_id", "item_id"
-    )
-
-
-def _category_shares(profiles: pl.DataFrame) -> pl.DataFrame:
-    """(user_id, category_id, ctx_share_short, ctx_share_long) from the top-category arrays."""
-
-    def shares(categories: str, scores: str, total: str, name: str) -> pl.DataFrame:
-        return (
-            profiles.select(
-                "user_id",
-                pl.col(categories).alias("category_id"),
-                pl.col(scores).alias("score"),
-                pl.col(total).alias("total"),
-            )
-            .explode("category_id", "score")
-            .drop_nulls("category_id")
-            .select(
-                "user_id",
-                "category_id",
-                pl.when(pl.col("total") > 0)
-                .then(pl.col("score") / pl.col("total"))
-                .otherwise(0.0)
-                .alias(name),
-            )
-        )
-
-    return shares(SHORT_CATEGORIES, SHORT_SCORES, SHORT_TOTAL, "ctx_share_short").join(
-        shares(LONG_CATEGORIES, LONG_SCORES, LONG_TOTAL, "ctx_share_long"),
-        on=["user_id", "category_id"],
-        how="full",
-        coalesce=True,
-    )
+    """See the module docstring (``candidate_arrays`` as a polars frame)."""
+    return candidate_arrays(Users.of(profiles), tables, sources, context=context).frame()

@@ -1,8 +1,9 @@
 """Candidate sources: each proposes items for a batch of profiles, with its own features.
 
-A source's ``candidates(profiles, tables)`` returns unique (user_id, item_id) rows and Float64
-columns named ``<name>_*``, among them ``<name>_score`` (higher is better). Sources never
-filter; ``recsys.ranking.candidates`` merges them and the ranker orders the union.
+A source's ``candidates(users, tables)`` returns ``Rows``: unique (user_id, item_id) pairs and
+float64 columns named ``<name>_*``, among them ``<name>_score`` (higher is better). Sources never
+filter; ``recsys.ranking.candidates`` merges them and the ranker orders the union. They are
+numpy over flat arrays (``recsys.ranking.arrays``), so one user costs microseconds per step.
 
 | source | proposes |
 |---|---|
@@ -16,13 +17,19 @@ filter; ``recsys.ranking.candidates`` merges them and the ranker orders the unio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import polars as pl
 
 from recsys.config import FeatureConfig
+from recsys.ranking.arrays import Groups, best_within, match
+from recsys.ranking.frames import RankingError
 from recsys.ranking.profiles import (
+    LONG_CATEGORIES,
+    LONG_SCORES,
+    LONG_TOTAL,
     SEQ_BEHAVIORS,
     SEQ_CATEGORIES,
     SEQ_GAPS,
@@ -32,28 +39,125 @@ from recsys.ranking.profiles import (
     SHORT_TOTAL,
     conform,
 )
-from recsys.ranking.tables import ItemTables, best_per_key
+from recsys.ranking.tables import ItemTables
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Candidate rows: ``user_id``, ``item_id`` int64 [n] and float64 ``columns`` [n] each."""
+
+    user_id: np.ndarray
+    item_id: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.item_id)
+
+    def take(self, rows: np.ndarray) -> Rows:
+        return Rows(
+            self.user_id[rows],
+            self.item_id[rows],
+            {name: values[rows] for name, values in self.columns.items()},
+        )
+
+    def frame(self) -> pl.DataFrame:
+        return pl.DataFrame(
+            {"user_id": self.user_id, "item_id": self.item_id, **self.columns},
+            schema={"user_id": pl.Int64, "item_id": pl.Int64}
+            | {name: pl.Float64 for name in self.columns},
+        )
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """The users' recent sequences, one event per row (arrays [e]); position 0 = most recent."""
+
+    user_id: np.ndarray
+    position: np.ndarray
+    item_id: np.ndarray
+    category_id: np.ndarray
+    behavior: np.ndarray  # object (str)
+    gap_seconds: np.ndarray
+
+
+@dataclass(frozen=True)
+class Interests:
+    """The users' top categories at one horizon, one per row (arrays [c]), strongest first
+    (position 0), with their share of the user's interest at that horizon."""
+
+    user_id: np.ndarray
+    position: np.ndarray
+    category_id: np.ndarray
+    share: np.ndarray
 
 
 @dataclass(frozen=True)
 class Users:
-    """What the sources read of a batch of profiles, derived once per ranking: the profiles,
-    their recent sequences one event per row (``sequence_events``) and their top short-horizon
-    categories (``short_interests``)."""
+    """What the sources read of a batch of profiles, flattened once per ranking: the profile
+    frame (the ANN source's query tower reads it), the user ids [u] in frame order, the recent
+    sequences and the short- and long-horizon top categories."""
 
     profiles: pl.DataFrame
-    events: pl.DataFrame
-    interests: pl.DataFrame
+    user_id: np.ndarray
+    events: Sequence
+    short: Interests
+    long: Interests
 
     @classmethod
     def of(cls, profiles: pl.DataFrame) -> Users:
-        return cls(profiles, sequence_events(profiles), short_interests(profiles))
+        """``profiles``: ``recsys.ranking.profiles`` rows (``conform``-ed)."""
+        user_id = profiles["user_id"].to_numpy().astype(np.int64)
+        lengths, items = _flatten(profiles[SEQ_ITEMS])
+        events = Sequence(
+            user_id=np.repeat(user_id, lengths),
+            position=_positions(lengths),
+            item_id=items.astype(np.int64),
+            category_id=_flatten(profiles[SEQ_CATEGORIES])[1].astype(np.int64),
+            behavior=_flatten(profiles[SEQ_BEHAVIORS])[1],
+            gap_seconds=_flatten(profiles[SEQ_GAPS])[1].astype(np.float64),
+        )
+        return cls(
+            profiles,
+            user_id,
+            events,
+            _interests(profiles, user_id, SHORT_CATEGORIES, SHORT_SCORES, SHORT_TOTAL),
+            _interests(profiles, user_id, LONG_CATEGORIES, LONG_SCORES, LONG_TOTAL),
+        )
+
+
+def _flatten(series: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths [rows], values [sum of lengths]) of a list column, through Arrow without a
+    copy of numeric values."""
+    array = series.to_arrow()
+    lengths = np.diff(array.offsets.to_numpy())
+    values = array.flatten()
+    if values.null_count:
+        raise RankingError(f"{series.name} holds null elements")
+    return lengths, values.to_numpy(zero_copy_only=False)
+
+
+def _positions(lengths: np.ndarray) -> np.ndarray:
+    """int64 [sum of lengths]: 0..length-1 within each list."""
+    starts = np.cumsum(lengths) - lengths
+    return np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+
+
+def _interests(
+    profiles: pl.DataFrame, user_id: np.ndarray, categories: str, scores: str, total: str
+) -> Interests:
+    lengths, category_id = _flatten(profiles[categories])
+    totals = np.repeat(profiles[total].to_numpy().astype(np.float64), lengths)
+    values = _flatten(profiles[scores])[1].astype(np.float64)
+    share = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
+    return Interests(
+        np.repeat(user_id, lengths), _positions(lengths), category_id.astype(np.int64), share
+    )
 
 
 class Source(Protocol):
     name: str
 
-    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame: ...
+    def candidates(self, users: Users, tables: ItemTables) -> Rows: ...
 
 
 class AnnSearch(Protocol):
@@ -63,26 +167,19 @@ class AnnSearch(Protocol):
     def search(self, profiles: pl.DataFrame, n: int) -> pl.DataFrame: ...
 
 
-def sequence_events(profiles: pl.DataFrame) -> pl.DataFrame:
-    """(user_id, position, item_id, category_id, behavior, gap_seconds): the recent sequence
-    of each profile, one row per event, position 0 = most recent."""
-    return (
-        profiles.select(
-            "user_id",
-            pl.col(SEQ_ITEMS).alias("item_id"),
-            pl.col(SEQ_CATEGORIES).alias("category_id"),
-            pl.col(SEQ_BEHAVIORS).alias("behavior"),
-            pl.col(SEQ_GAPS).alias("gap_seconds"),
-        )
-        .with_columns(position=pl.int_ranges(pl.col("item_id").list.len()))
-        .explode("item_id", "category_id", "behavior", "gap_seconds", "position")
-        .drop_nulls("item_id")
-    )
+def decayed(config: FeatureConfig, events: Sequence, half_life_hours: float) -> np.ndarray:
+    """float64 [e]: each event's behaviour weight x 2^(-gap / half-life)."""
+    weights = config.behavior_weights
+    try:
+        weight = np.array([weights[b] for b in events.behavior], dtype=np.float64)
+    except KeyError as exc:
+        raise RankingError(f"unknown behaviour {exc.args[0]!r} in a profile") from None
+    return weight * 2.0 ** (-events.gap_seconds / (half_life_hours * 3600.0))
 
 
-def _decayed(config: FeatureConfig, half_life_hours: float) -> pl.Expr:
-    weight = pl.col("behavior").replace_strict(config.behavior_weights, return_dtype=pl.Float64)
-    return weight * 2.0 ** (-pl.col("gap_seconds") / (half_life_hours * 3600.0))
+def _by_pair(user_id: np.ndarray, item_id: np.ndarray) -> tuple[Groups, np.ndarray, np.ndarray]:
+    groups = Groups.of(user_id, item_id)
+    return groups, groups.first(user_id), groups.first(item_id)
 
 
 @dataclass(frozen=True)
@@ -90,16 +187,21 @@ class RepeatSource:
     config: FeatureConfig
     name: str = "repeat"
 
-    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
-        c, n = self.config, self.name
-        return users.events.group_by("user_id", "item_id").agg(
-            _decayed(c, c.short_half_life_hours).sum().alias(f"{n}_score"),
-            _decayed(c, c.long_half_life_hours).sum().alias(f"{n}_long"),
-            *[
-                (pl.col("behavior") == b).sum().cast(pl.Float64).alias(f"{n}_n_{b}")
-                for b in c.behavior_weights
-            ],
-            (1.0 / (1.0 + pl.col("gap_seconds").min() / 3600.0)).alias(f"{n}_recency"),
+    def candidates(self, users: Users, tables: ItemTables) -> Rows:
+        c, n, e = self.config, self.name, users.events
+        groups, user_id, item_id = _by_pair(e.user_id, e.item_id)
+        return Rows(
+            user_id,
+            item_id,
+            {
+                f"{n}_score": groups.sum(decayed(c, e, c.short_half_life_hours)),
+                f"{n}_long": groups.sum(decayed(c, e, c.long_half_life_hours)),
+                **{
+                    f"{n}_n_{b}": groups.sum((e.behavior == b).astype(np.float64))
+                    for b in c.behavior_weights
+                },
+                f"{n}_recency": 1.0 / (1.0 + groups.min(e.gap_seconds) / 3600.0),
+            },
         )
 
 
@@ -113,53 +215,32 @@ class TransitionSource:
     max_candidates: int = 100
     name: str = "transition"
 
-    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
-        c, n = self.config, self.name
-        recent = (
-            users.events.group_by("user_id", "item_id")
-            .agg(
-                pl.col("position").min(),
-                _decayed(c, c.short_half_life_hours).sum().alias("r"),
-            )
-            .sort("user_id", "position")
-            .group_by("user_id", maintain_order=True)
-            .head(self.n_recent)
-            .select("user_id", pl.col("item_id").alias("src_item_id"), "r")
+    def candidates(self, users: Users, tables: ItemTables) -> Rows:
+        c, n, e = self.config, self.name, users.events
+        groups, user_id, item_id = _by_pair(e.user_id, e.item_id)
+        weight = groups.sum(decayed(c, e, c.short_half_life_hours))
+        # each distinct item once, at its latest position; positions are unique per user
+        latest = best_within(
+            user_id, -groups.min(e.position).astype(np.float64), item_id, self.n_recent
+        )
+        source, rows = tables.lookup("transitions", item_id[latest])
+        p = tables.column("transitions", "p")[rows]
+        pairs, cand_user, cand_item = _by_pair(
+            user_id[latest][source], tables.column("transitions", "item_id")[rows]
         )
         return _per_user(
-            recent.join(tables.rows("transitions", recent["src_item_id"]), on="src_item_id")
-            .group_by("user_id", "item_id")
-            .agg(
-                (pl.col("r") * pl.col("p")).sum().alias(f"{n}_score"),
-                pl.col("p").sum().alias(f"{n}_p"),
-                pl.len().cast(pl.Float64).alias(f"{n}_sources"),
+            Rows(
+                cand_user,
+                cand_item,
+                {
+                    f"{n}_score": pairs.sum(weight[latest][source] * p),
+                    f"{n}_p": pairs.sum(p),
+                    f"{n}_sources": pairs.count(),
+                },
             ),
             f"{n}_score",
             self.max_candidates,
         )
-
-
-def short_interests(profiles: pl.DataFrame) -> pl.DataFrame:
-    """(user_id, position, category_id, interest_share): the user's top short-horizon
-    categories, strongest first (position 0), and their share of the user's short-horizon
-    interest."""
-    return (
-        profiles.select(
-            "user_id",
-            pl.col(SHORT_CATEGORIES).alias("category_id"),
-            pl.col(SHORT_SCORES).alias("interest"),
-            pl.col(SHORT_TOTAL).alias("total"),
-        )
-        .with_columns(position=pl.int_ranges(pl.col("category_id").list.len()))
-        .explode("category_id", "interest", "position")
-        .drop_nulls("category_id")
-        .with_columns(
-            interest_share=pl.when(pl.col("total") > 0)
-            .then(pl.col("interest") / pl.col("total"))
-            .otherwise(0.0)
-        )
-        .select("user_id", "position", "category_id", "interest_share")
-    )
 
 
 @dataclass(frozen=True)
@@ -171,20 +252,26 @@ class CategorySource:
     items_per_category: int = 50
     name: str = "category"
 
-    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
-        n = self.name
-        interests = users.interests.filter(pl.col("position") < self.n_categories)
-        items = tables.rows(
-            "category_items", interests["category_id"], per_key=self.items_per_category
+    def candidates(self, users: Users, tables: ItemTables) -> Rows:
+        n, i = self.name, users.short
+        top = np.flatnonzero(i.position < self.n_categories)
+        interest, rows = tables.lookup(
+            "category_items", i.category_id[top], per_key=self.items_per_category
         )
-        return (
-            interests.join(items, on="category_id")
-            .group_by("user_id", "item_id")
-            .agg(
-                (pl.col("interest_share") * pl.col("share")).max().alias(f"{n}_score"),
-                pl.col("interest_share").max().alias(f"{n}_interest_share"),
-                pl.col("share").max().alias(f"{n}_item_share"),
-            )
+        interest = top[interest]
+        interest_share = i.share[interest]
+        item_share = tables.column("category_items", "share")[rows]
+        pairs, user_id, item_id = _by_pair(
+            i.user_id[interest], tables.column("category_items", "item_id")[rows]
+        )
+        return Rows(
+            user_id,
+            item_id,
+            {
+                f"{n}_score": pairs.max(interest_share * item_share),
+                f"{n}_interest_share": pairs.max(interest_share),
+                f"{n}_item_share": pairs.max(item_share),
+            },
         )
 
 
@@ -204,28 +291,36 @@ class NextCategorySource:
     max_candidates: int = 100
     name: str = "next_category"
 
-    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
-        n = self.name
-        current = users.interests.filter(pl.col("position") < self.n_categories)
-        nexts = tables.rows("category_transitions", current["category_id"], per_key=self.n_next)
-        weights = (
-            current.select("user_id", "interest_share", src_category_id="category_id")
-            .join(nexts, on="src_category_id")
-            .group_by("user_id", pl.col("dst_category_id").alias("category_id"))
-            .agg((pl.col("interest_share") * pl.col("p")).sum().alias("weight"))
-            # the user's own top categories are the category source's
-            .join(users.interests, on=["user_id", "category_id"], how="anti")
+    def candidates(self, users: Users, tables: ItemTables) -> Rows:
+        n, i, e = self.name, users.short, users.events
+        current = np.flatnonzero(i.position < self.n_categories)
+        source, rows = tables.lookup(
+            "category_transitions", i.category_id[current], per_key=self.n_next
         )
-        items = tables.rows(
-            "category_items", weights["category_id"], per_key=self.items_per_category
+        source = current[source]
+        moves, user_id, category_id = _by_pair(
+            i.user_id[source], tables.column("category_transitions", "dst_category_id")[rows]
         )
+        weight = moves.sum(i.share[source] * tables.column("category_transitions", "p")[rows])
+        # the user's own top categories are the category source's
+        elsewhere = match((user_id, category_id), (i.user_id, i.category_id)) < 0
+        user_id, category_id, weight = (
+            user_id[elsewhere],
+            category_id[elsewhere],
+            weight[elsewhere],
+        )
+        move, rows = tables.lookup("category_items", category_id, per_key=self.items_per_category)
+        cand_user = user_id[move]
+        cand_item = tables.column("category_items", "item_id")[rows]
+        untouched = match((cand_user, cand_item), (e.user_id, e.item_id)) < 0
+        move, rows = move[untouched], rows[untouched]
+        pairs, cand_user, cand_item = _by_pair(cand_user[untouched], cand_item[untouched])
+        score = weight[move] * tables.column("category_items", "share")[rows]
         return _per_user(
-            weights.join(items, on="category_id")
-            .join(users.events, on=["user_id", "item_id"], how="anti")
-            .group_by("user_id", "item_id")
-            .agg(
-                (pl.col("weight") * pl.col("share")).max().alias(f"{n}_score"),
-                pl.col("weight").max().alias(f"{n}_weight"),
+            Rows(
+                cand_user,
+                cand_item,
+                {f"{n}_score": pairs.max(score), f"{n}_weight": pairs.max(weight[move])},
             ),
             f"{n}_score",
             self.max_candidates,
@@ -275,21 +370,21 @@ class AnnSource:
     n_interests: int = 3
     name: str = "ann"
 
-    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
-        n = self.name
-        queries = pl.concat(
-            [
-                users.profiles,
-                interest_profiles(users.profiles, self.n_interests).drop("interest"),
-            ],
-            how="diagonal_relaxed",
-        )
+    def candidates(self, users: Users, tables: ItemTables) -> Rows:
+        n, queries = self.name, users.profiles
+        if self.n_interests > 0:
+            queries = pl.concat(
+                [queries, interest_profiles(queries, self.n_interests).drop("interest")],
+                how="diagonal_relaxed",
+            )
         found = self.search.search(queries, self.n_candidates)
+        pairs, user_id, item_id = _by_pair(
+            found["user_id"].to_numpy().astype(np.int64),
+            found["item_id"].to_numpy().astype(np.int64),
+        )
+        score = found["ann_score"].to_numpy().astype(np.float64)
         return _per_user(
-            found.group_by("user_id", "item_id").agg(
-                pl.col("ann_score").max().alias(f"{n}_score"),
-                pl.len().cast(pl.Float64).alias(f"{n}_queries"),
-            ),
+            Rows(user_id, item_id, {f"{n}_score": pairs.max(score), f"{n}_queries": pairs.count()}),
             f"{n}_score",
             self.n_candidates,
         )
@@ -300,11 +395,17 @@ class PopularSource:
     n_candidates: int = 100
     name: str = "popular"
 
-    def candidates(self, users: Users, tables: ItemTables) -> pl.DataFrame:
-        popular = tables.popular(self.n_candidates).rename({"popular_score": f"{self.name}_score"})
-        return users.profiles.select("user_id").join(popular, how="cross")
+    def candidates(self, users: Users, tables: ItemTables) -> Rows:
+        rows = tables.popular_rows(self.n_candidates)
+        n_users = len(users.user_id)
+        return Rows(
+            np.repeat(users.user_id, len(rows)),
+            np.tile(tables.column("items", "item_id")[rows], n_users),
+            {f"{self.name}_score": np.tile(tables.column("items", "pop_long")[rows], n_users)},
+        )
 
 
-def _per_user(frame: pl.DataFrame, score: str, n: int) -> pl.DataFrame:
-    """The ``n`` best rows per user by ``score`` (ties: lower item id)."""
-    return best_per_key(frame, "user_id", score, "item_id", n)
+def _per_user(rows: Rows, score: str, n: int) -> Rows:
+    """The ``n`` best rows per user by ``score`` (ties: lower item id), sorted by (user, item)."""
+    best = best_within(rows.user_id, rows.columns[score], rows.item_id, n)
+    return rows.take(np.sort(best))

@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from recsys.home import Paths
+from recsys.ranking.arrays import expand
 from recsys.ranking.frames import RankingError
 
 TABLES = ("items", "transitions", "category_items", "category_transitions")
@@ -58,38 +59,42 @@ class ItemTables:
     transitions: pl.DataFrame
     category_items: pl.DataFrame
     category_transitions: pl.DataFrame
-    _keys: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    _columns: dict[tuple[str, str], np.ndarray] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
-    def rows(
-        self, table: str, keys: pl.Series | np.ndarray, *, per_key: int | None = None
-    ) -> pl.DataFrame:
-        """The rows of ``table`` whose key (``KEYS``) is one of ``keys``, in table order (best
-        first within a key); with ``per_key``, only the first that many of each key."""
-        frame = getattr(self, table)
-        sorted_keys = self._keys.get(table)
-        if sorted_keys is None:
-            sorted_keys = frame[KEYS[table]].to_numpy()
-            if len(sorted_keys) and np.any(np.diff(sorted_keys) < 0):
-                raise RankingError(f"the {table} table is not sorted by {KEYS[table]}")
-            self._keys[table] = sorted_keys
-        wanted = np.unique(np.asarray(keys, dtype=sorted_keys.dtype))
-        starts = np.searchsorted(sorted_keys, wanted, side="left")
-        lengths = np.searchsorted(sorted_keys, wanted, side="right") - starts
-        # positions starts[j] .. starts[j] + lengths[j] - 1 for every wanted key j, in one go
-        if per_key is not None:
-            lengths = np.minimum(lengths, per_key)
-        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-        return frame[offsets + np.arange(lengths.sum())]
+    def column(self, table: str, name: str) -> np.ndarray:
+        """Column ``name`` of ``table`` as a numpy array (converted once, then cached)."""
+        cached = self._columns.get((table, name))
+        if cached is None:
+            cached = getattr(self, table)[name].to_numpy()
+            if name == KEYS.get(table) and len(cached) and np.any(np.diff(cached) < 0):
+                raise RankingError(f"the {table} table is not sorted by {name}")
+            self._columns[(table, name)] = cached
+        return cached
+
+    def lookup(
+        self, table: str, keys: np.ndarray, *, per_key: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(key_index, row) int64 arrays: each position of ``keys`` paired with the rows of
+        ``table`` whose key (``KEYS``) equals it, in table order (best first within a key);
+        with ``per_key``, only the first that many of each key."""
+        return expand(self.column(table, KEYS[table]), keys, per_key)
+
+    def popular_rows(self, n: int) -> np.ndarray:
+        """int64 rows of ``items``: the ``n`` items of highest long-horizon popularity (ties:
+        lower item id), best first."""
+        ranked = self._columns.get(("items", "popular"))
+        if ranked is None:
+            order = np.lexsort((self.column("items", "item_id"), -self.column("items", "pop_long")))
+            ranked = self._columns[("items", "popular")] = order[:POPULAR_LIMIT]
+        return ranked[:n]
 
     def popular(self, n: int) -> pl.DataFrame:
         """(item_id, popular_score): the ``n`` items of highest long-horizon popularity."""
-        ranked = self._keys.get("popular")
-        if ranked is None:
-            order = np.lexsort(
-                (self.items["item_id"].to_numpy(), -self.items["pop_long"].to_numpy())
-            )
-            ranked = self._keys["popular"] = order[:POPULAR_LIMIT]
-        return self.items[ranked[:n]].select("item_id", pl.col("pop_long").alias("popular_score"))
+        return self.items[self.popular_rows(n)].select(
+            "item_id", pl.col("pop_long").alias("popular_score")
+        )
 
     @classmethod
     def from_marts(

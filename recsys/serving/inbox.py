@@ -12,12 +12,19 @@ transactions), on startup and on shutdown:
 1. read up to ``batch`` inbox rows (in sequence order, only those the service has applied);
 2. in one DuckDB transaction insert those not already in ``events`` (natural key, via the same
    ``event_key`` as ingest: ``recsys.warehouse.connect.EVENT_KEY``), with
-   ``source_file = 'service:/v1/events'`` and ``source_line = inbox seq``;
+   ``source_file = 'service:/v1/events'`` and ``source_line = inbox seq``; events of forgotten
+   users (``forgotten_users``, ``recsys forget``) are dropped, as ingest drops them;
 3. delete them from the inbox.
 
 A crash between 2 and 3 re-drains the rows on the next start; step 2's anti-join makes that a
 no-op, so every acknowledged event reaches the warehouse exactly once. When the warehouse stays
 locked (an analyst's long read), the rows simply wait for the next round.
+
+Client event ids: an event posted with an ``event_id`` is stored only when the id is new. The
+ids live in the inbox's ``event_ids`` table, written in the same transaction as the events and
+kept after the drain (for ``retention_s``, pruned by the drainer), so a retry is recognised
+after a restart too. Events without an id have only the natural key: a retry of one without an
+``event_time`` gets a new server time, and is stored twice.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +41,7 @@ import pyarrow as pa
 
 from recsys.home import Paths
 from recsys.online.state import from_us
-from recsys.warehouse.connect import EVENT_KEY, WarehouseBusyError
+from recsys.warehouse.connect import EVENT_KEY, FORGOTTEN_USER, WarehouseBusyError
 from recsys.warehouse.writeback import open_for_write
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,10 @@ create table if not exists inbox (
     behavior text not null, event_us integer not null, session_id text,
     received_at text not null
 );
+create table if not exists event_ids (
+    event_id text primary key, user_id integer not null, received_us integer not null
+) without rowid;
+create index if not exists event_ids_by_time on event_ids (received_us);
 """
 
 _DRAIN_SQL = f"""
@@ -65,6 +77,7 @@ where not exists (
     where e.event_key = n.event_key and e.user_id = n.user_id and e.item_id = n.item_id
       and e.behavior = n.behavior and e.event_time = n.event_time
 )
+and not {FORGOTTEN_USER}
 """
 
 
@@ -78,6 +91,7 @@ class InboxEvent:
     behavior: str
     event_us: int
     session_id: str | None = None
+    event_id: str | None = None
 
 
 class EventInbox:
@@ -96,34 +110,44 @@ class EventInbox:
     def close(self) -> None:
         self.con.close()
 
-    def append(self, events: list[InboxEvent]) -> int:
-        """Commit the events in one transaction; returns the last sequence number given."""
-        received = datetime.now(UTC).isoformat()
+    def append(self, events: list[InboxEvent]) -> list[int | None]:
+        """Commit the events in one transaction; returns each event's sequence number, or None
+        for an event whose ``event_id`` was stored before (it is not stored again)."""
+        received = datetime.now(UTC)
+        received_us = round(received.timestamp() * 1e6)
         con = self.con
+        seqs: list[int | None] = []
         con.execute("begin immediate")
         try:
-            con.executemany(
-                "insert into inbox (user_id, item_id, category_id, behavior, event_us, "
-                "session_id, received_at) values (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        e.user_id,
-                        e.item_id,
-                        e.category_id,
-                        e.behavior,
-                        e.event_us,
-                        e.session_id,
-                        received,
-                    )
-                    for e in events
-                ],
-            )
-            (last,) = con.execute("select last_insert_rowid()").fetchone()
+            for e in events:
+                if e.event_id is not None:
+                    known = not con.execute(
+                        "insert or ignore into event_ids values (?, ?, ?)",
+                        (e.event_id, e.user_id, received_us),
+                    ).rowcount
+                    if known:
+                        seqs.append(None)
+                        continue
+                seqs.append(
+                    con.execute(
+                        "insert into inbox (user_id, item_id, category_id, behavior, event_us, "
+                        "session_id, received_at) values (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            e.user_id,
+                            e.item_id,
+                            e.category_id,
+                            e.behavior,
+                            e.event_us,
+                            e.session_id,
+                            received.isoformat(),
+                        ),
+                    ).lastrowid
+                )
             con.execute("commit")
         except BaseException:
             con.execute("rollback")
             raise
-        return last
+        return seqs
 
     def pending(self, *, up_to: int | None = None, limit: int | None = None) -> list[tuple]:
         """Rows (seq, user_id, item_id, category_id, behavior, event_us, session_id) in order."""
@@ -135,6 +159,25 @@ class EventInbox:
 
     def remove(self, up_to: int) -> None:
         self.con.execute("delete from inbox where seq <= ?", (up_to,))
+
+    def forget(self, user_id: int) -> int:
+        """Delete the user's events not drained yet and their event ids; returns the number of
+        events deleted."""
+        con = self.con
+        con.execute("begin immediate")
+        try:
+            deleted = con.execute("delete from inbox where user_id = ?", (user_id,)).rowcount
+            con.execute("delete from event_ids where user_id = ?", (user_id,))
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+        return deleted
+
+    def prune_event_ids(self, older_than_s: float) -> None:
+        """Forget event ids received more than ``older_than_s`` seconds ago."""
+        cutoff_us = round((time.time() - older_than_s) * 1e6)
+        self.con.execute("delete from event_ids where received_us < ?", (cutoff_us,))
 
     def __len__(self) -> int:
         return self.con.execute("select count(*) from inbox").fetchone()[0]
@@ -160,7 +203,9 @@ class InboxDrainer:
 
     Only rows with ``seq <= applied`` are drained, i.e. events whose online update has run:
     after a crash, the rows still in the inbox are replayed through the online updater (its
-    natural key drops the ones it already has) before they are drained.
+    natural key drops the ones it already has) before they are drained. Each round also prunes
+    event ids older than ``retention_s``. ``paused()`` holds the rounds off (forgetting a user
+    must not race a drain that carries the user's events).
     """
 
     def __init__(
@@ -171,36 +216,45 @@ class InboxDrainer:
         interval_s: float,
         batch: int,
         lock_timeout_s: float,
+        retention_s: float,
     ) -> None:
         self.paths = paths
         self.inbox_path = inbox_path
         self.interval_s = interval_s
         self.batch = batch
         self.lock_timeout_s = lock_timeout_s
+        self.retention_s = retention_s
         self.applied = 0
         self.drained = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._round = threading.Lock()
 
     def drain(self, inbox: EventInbox) -> int:
         """Drain everything applied so far; returns the number of rows moved. Raises
         ``WarehouseBusyError`` when the warehouse stays locked (the rows stay in the inbox)."""
         moved = 0
-        while rows := inbox.pending(up_to=self.applied, limit=self.batch):
-            with open_for_write(self.paths, lock_timeout_s=self.lock_timeout_s) as con:
-                con.register("incoming", _as_arrow(rows))
-                con.begin()
-                try:
-                    con.execute(_DRAIN_SQL)
-                    con.commit()
-                except BaseException:
-                    con.rollback()
-                    raise
-            inbox.remove(rows[-1][0])
-            moved += len(rows)
+        with self._round:
+            while rows := inbox.pending(up_to=self.applied, limit=self.batch):
+                with open_for_write(self.paths, lock_timeout_s=self.lock_timeout_s) as con:
+                    con.register("incoming", _as_arrow(rows))
+                    con.begin()
+                    try:
+                        con.execute(_DRAIN_SQL)
+                        con.commit()
+                    except BaseException:
+                        con.rollback()
+                        raise
+                inbox.remove(rows[-1][0])
+                moved += len(rows)
+            inbox.prune_event_ids(self.retention_s)
         self.drained += moved
         return moved
+
+    def paused(self) -> threading.Lock:
+        """``with drainer.paused():`` no round runs inside the block."""
+        return self._round
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="inbox-drainer", daemon=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -11,20 +11,37 @@ from recsys.warehouse.schema import BEHAVIOR_ALIASES, SOURCES
 
 MIN_EVENT_TIME = datetime(1995, 1, 1)
 MAX_FUTURE = timedelta(days=1)
+# Ids are BIGINT in the warehouse and int64 in Feast and SQLite.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_TEXT = 128
+
+
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
 class EventIn(BaseModel):
     """One behaviour event (the canonical schema). ``category_id`` may be left out for an item
-    the catalogue knows; ``event_time`` defaults to now (naive times are UTC)."""
+    the catalogue knows; ``event_time`` defaults to now (naive times are UTC). A client that
+    retries should send an ``event_id``: the service stores an event id once (see
+    ``recsys.serving.inbox``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: int
-    item_id: int
-    category_id: int | None = None
-    behavior: str = Field(description="view | cart | fav | buy (aliases such as pv accepted)")
+    user_id: Int64
+    item_id: Int64
+    category_id: Int64 | None = None
+    behavior: str = Field(
+        max_length=16, description="view | cart | fav | buy (aliases such as pv accepted)"
+    )
     event_time: datetime | None = None
-    session_id: str | None = None
+    # str validation refuses lone surrogates (JSON's \\u escapes can spell them): UTF-8
+    # cannot store them.
+    session_id: Annotated[str, Field(max_length=MAX_TEXT)] | None = None
+    event_id: Annotated[str, Field(min_length=1, max_length=MAX_TEXT)] | None = Field(
+        None,
+        description="the client's id of the event: a retry with the same id within the "
+        "retention (7 days by default) is reported as a duplicate and stored once",
+    )
 
     @field_validator("behavior")
     @classmethod
@@ -40,7 +57,10 @@ class EventIn(BaseModel):
         if value is None:
             return None
         if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
+            try:
+                value = value.astimezone(UTC).replace(tzinfo=None)
+            except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+                raise ValueError(f"event_time {value.isoformat()} is out of range") from None
         if value < MIN_EVENT_TIME:
             raise ValueError(f"event_time {value.isoformat()} is before 1995")
         if value > utc_now() + MAX_FUTURE:
@@ -61,7 +81,12 @@ class EventResult(BaseModel):
     index: int
     user_id: int
     item_id: int
-    outcome: Literal["applied", "duplicate", "stale", "quarantined"]
+    event_id: str | None
+    outcome: Literal["applied", "duplicate", "stale", "quarantined", "stored"] = Field(
+        description="applied | duplicate | stale | quarantined as recsys.online.updater defines "
+        "them; stored: durably stored but not applied online (the reason says why), it reaches "
+        "the online features with the next build"
+    )
     reason: str
 
 
@@ -91,9 +116,12 @@ class RecommendationsOut(BaseModel):
 
 
 class EventsOut(BaseModel):
-    accepted: int = Field(description="events durably stored (applied, duplicate or stale)")
+    accepted: int = Field(description="events durably stored (all but the quarantined)")
     results: list[EventResult]
     recommendations: list[RecommendationsOut] | None = None
+    recommendations_error: str | None = Field(
+        None, description="why the asked-for recommendations are missing (the events are stored)"
+    )
 
 
 class CategoryScore(BaseModel):
@@ -118,6 +146,10 @@ class InterestsOut(BaseModel):
 
 class ErrorOut(BaseModel):
     error: str
+
+
+class ServerErrorOut(ErrorOut):
+    request_id: str = Field(description="the X-Request-ID under which the server logged it")
 
 
 def utc_now() -> datetime:

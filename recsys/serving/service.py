@@ -4,14 +4,22 @@ Recommendations are ranked by ``recsys.ranking`` with the newest verified model'
 the user's online profile: the same ``Ranking.rank`` that ``recsys score`` writes back, so
 the two agree until events arrive. A home without a model serves the repeat policy over the
 warehouse's item statistics ("degraded: no model").
+
+``Runtime`` runs the service on one dedicated thread: every store and model call of every
+request is a job on it, one at a time, so the updater's, the inbox's and Feast's SQLite
+connections are used by one thread only, and the event loop stays free to answer (/healthz
+within milliseconds while a 1,000-event batch is applied).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from recsys.features.read import OnlineReader, UserProfile
 from recsys.online.seed import seed_state
@@ -23,12 +31,15 @@ from recsys.ranking.score import cold_start
 from recsys.ranking.tables import ItemTables
 from recsys.serving.catalogue import Catalogue, load_catalogue
 from recsys.serving.inbox import EventInbox, InboxDrainer, InboxEvent
+from recsys.serving.lock import ServiceLock
 from recsys.serving.schemas import EventIn, utc_now
 from recsys.serving.settings import ServiceSettings, ServingError
+from recsys.warehouse.connect import WarehouseBusyError
 
 log = logging.getLogger(__name__)
 
 NO_MODEL = "none"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,9 @@ def load_model(settings: ServiceSettings) -> ModelState:
 
         model, directory = load_latest(settings.models)
     except ArtifactError as exc:
-        tables = ItemTables.from_warehouse(settings.paths, lock_timeout_s=settings.lock_timeout_s)
+        tables = ItemTables.from_warehouse(
+            settings.paths, lock_timeout_s=settings.start_lock_timeout_s
+        )
         ranking = Ranking(POLICIES["repeat"], settings.features, tables)
         return ModelState(ranking, NO_MODEL, f"degraded: no model ({exc})")
     if model.ranking_.ann is not None:
@@ -114,6 +127,7 @@ class Service:
     inbox: EventInbox
     drainer: InboxDrainer
     model: ModelState
+    lock: ServiceLock
 
     @classmethod
     def start(
@@ -123,11 +137,32 @@ class Service:
         model: ModelState | None = None,
         catalogue: Catalogue | None = None,
     ) -> Service:
-        """``model`` and ``catalogue`` replace what would be loaded from the home (tests)."""
+        """Take the home's service lock, then load and wire everything (waiting up to
+        ``start_lock_timeout_s`` for the warehouse). ``model`` and ``catalogue`` replace what
+        would be loaded from the home (tests). Raises ``ServingError`` (one line)."""
+        lock = ServiceLock.acquire(settings.lock, address=f"{settings.host}:{settings.port}")
+        try:
+            return cls._wire(settings, lock, model, catalogue)
+        except WarehouseBusyError as exc:
+            lock.release()
+            raise ServingError(f"cannot start: {exc}") from None
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _wire(
+        cls,
+        settings: ServiceSettings,
+        lock: ServiceLock,
+        model: ModelState | None,
+        catalogue: Catalogue | None,
+    ) -> Service:
         from recsys.features import errors, repo
 
         paths = settings.paths
-        catalogue = catalogue or load_catalogue(paths, lock_timeout_s=settings.lock_timeout_s)
+        wait_s = settings.start_lock_timeout_s
+        catalogue = catalogue or load_catalogue(paths, lock_timeout_s=wait_s)
         online = settings.online or repo.OnlineStoreSettings()
         try:
             store = repo.feature_store(paths, online)
@@ -143,9 +178,7 @@ class Service:
         updater = OnlineUpdater.for_store(paths, store, config=settings.features)
         updater.catalogue = catalogue.category_of
         if updater.state.seeded_as_of() is None:  # materialised before seeding existed, or lost
-            report = seed_state(
-                paths, config=settings.features, lock_timeout_s=settings.lock_timeout_s
-            )
+            report = seed_state(paths, config=settings.features, lock_timeout_s=wait_s)
             log.info(report.summary())
         drainer = InboxDrainer(
             paths,
@@ -153,6 +186,7 @@ class Service:
             interval_s=settings.drain_interval_s,
             batch=settings.drain_batch,
             lock_timeout_s=settings.lock_timeout_s,
+            retention_s=settings.event_id_retention_hours * 3600,
         )
         service = cls(
             settings,
@@ -162,6 +196,7 @@ class Service:
             EventInbox(settings.inbox),
             drainer,
             model or load_model(settings),
+            lock,
         )
         service.recover()
         drainer.start()
@@ -188,6 +223,46 @@ class Service:
             log.warning("events left in the inbox for the next start: %s", exc)
         self.inbox.close()
         self.updater.close()
+        self.lock.release()
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """The body of /readyz and whether the online store answered."""
+        try:
+            self.reader.ping()
+            online = "reachable"
+        except Exception as exc:
+            online = f"unreachable: {type(exc).__name__}: {exc}"
+        reachable = online == "reachable"
+        return reachable, {
+            "status": "ready" if reachable else "not ready",
+            "online_store": online,
+            "catalogue": f"loaded: {len(self.catalogue)} items",
+            "model": self.model.status,
+            "inbox": {
+                "pending": len(self.inbox),
+                "drained": self.drainer.drained,
+                "last_drain_error": self.drainer.last_error,
+            },
+        }
+
+    def interests(self, user_id: int) -> dict[str, Any] | None:
+        """The body of GET /v1/users/{user_id}/interests; None for a user without features."""
+        profile = self.reader.read(user_id)
+        return None if profile is None else interests_payload(self, profile)
+
+    def forget(self, user_id: int) -> dict[str, Any]:
+        """Erase the user: their events still in the inbox (with their event ids), then
+        everything ``recsys.forget.forget_user`` erases (warehouse, online store, updater state),
+        then what this process keeps of them (their warehouse migrations). The drain waits
+        meanwhile, so it cannot carry the user's events back into the warehouse."""
+        from recsys.forget import forget_user
+
+        with self.drainer.paused():
+            dropped = self.inbox.forget(user_id)
+            report = forget_user(self.settings.paths, user_id, online=self.settings.online)
+        self.catalogue.migrations.pop(user_id, None)
+        log.info("forgot user %d (%d events had not reached the warehouse yet)", user_id, dropped)
+        return report.to_dict()
 
     def recommendations(self, user_id: int, k: int, exclude_purchased: bool) -> dict[str, Any]:
         return self.recommend(user_id, self.reader.read(user_id), k, exclude_purchased)
@@ -227,9 +302,40 @@ class Service:
             ).to_dicts(),
         }
 
-    def post_events(self, events: list[EventIn]) -> tuple[list[dict[str, Any]], dict]:
-        """Store and apply the events; returns per-event results and the freshest profile of
-        each user (None when nothing of theirs was applied)."""
+    def post_events(
+        self, events: list[EventIn], *, recommend_k: int | None, exclude_purchased: bool
+    ) -> dict[str, Any]:
+        """The body of POST /v1/events: store the events, apply them, report each one and,
+        with ``recommend_k``, every posted user's refreshed top-k.
+
+        From the inbox commit on, the events are acknowledged: a failure after it (the online
+        update, the ranking) is reported in the body, never as an error status."""
+        results, profiles = self._store_and_apply(events)
+        payload: dict[str, Any] = {
+            "accepted": sum(r["outcome"] != Outcome.QUARANTINED.value for r in results),
+            "results": results,
+        }
+        if recommend_k is not None:
+            try:
+                payload["recommendations"] = [
+                    self.recommend(
+                        user,
+                        profile if profile is not None else self.reader.read(user),
+                        recommend_k,
+                        exclude_purchased,
+                    )
+                    for user, profile in profiles.items()
+                ]
+            except Exception as exc:
+                log.exception("recommendations after a post failed")
+                payload["recommendations_error"] = f"{type(exc).__name__}: {exc}"
+        return payload
+
+    def _store_and_apply(
+        self, events: list[EventIn]
+    ) -> tuple[list[dict[str, Any]], dict[int, UserProfile | None]]:
+        """Per-event results and the freshest profile of each user (None when nothing of
+        theirs was applied)."""
         now = utc_now()
         results: list[dict[str, Any] | None] = [None] * len(events)
         stored: list[tuple[int, InboxEvent]] = []
@@ -240,43 +346,121 @@ class Service:
             if category is None:
                 reason = f"unknown item {e.item_id} without a category_id (not in item_stats)"
                 self.updater.state.quarantine(_event(e, now, None), reason)
-                results[index] = _result(index, e, Outcome.QUARANTINED, reason)
+                results[index] = _result(index, e, Outcome.QUARANTINED.value, reason)
                 continue
             event_us = to_us(e.event_time or now)
             stored.append(
                 (
                     index,
-                    InboxEvent(e.user_id, e.item_id, category, e.behavior, event_us, e.session_id),
+                    InboxEvent(
+                        e.user_id,
+                        e.item_id,
+                        category,
+                        e.behavior,
+                        event_us,
+                        e.session_id,
+                        e.event_id,
+                    ),
                 )
             )
         profiles: dict[int, UserProfile | None] = {}
-        if stored:
-            last = self.inbox.append([s for _, s in stored])  # durable from here on
-            for index, s in stored:
-                self.catalogue.learn(s.item_id, s.category_id)
-                update = self.updater.apply(
-                    Event(s.user_id, s.item_id, s.behavior, from_us(s.event_us), s.category_id)
+        if not stored:
+            return [r for r in results if r is not None], profiles
+        seqs = self.inbox.append([s for _, s in stored])  # durable from here on
+        for (index, s), seq in zip(stored, seqs, strict=True):
+            if seq is None:
+                results[index] = _result(
+                    index, events[index], Outcome.DUPLICATE.value, "event_id already received"
                 )
-                results[index] = _result(index, events[index], update.outcome, update.reason)
-                if update.rows is not None:
-                    profiles[s.user_id] = self.reader.profile_from_rows(s.user_id, update.rows)
-                else:
-                    profiles.setdefault(s.user_id, None)
-            self.drainer.applied = last
+                continue
+            try:
+                outcome, reason = self._apply(s, profiles)
+            except Exception as exc:
+                log.exception("online update of a stored event failed")
+                outcome = "stored"
+                reason = (
+                    f"stored; the online update failed ({type(exc).__name__}: {exc}), the "
+                    "next build brings the event into the online features"
+                )
+            results[index] = _result(index, events[index], outcome, reason)
+        new = [seq for seq in seqs if seq is not None]
+        if new:  # drained from here on (a failed update is not retried: the build has it)
+            self.drainer.applied = new[-1]
         return [r for r in results if r is not None], profiles
+
+    def _apply(self, s: InboxEvent, profiles: dict[int, UserProfile | None]) -> tuple[str, str]:
+        """Apply one stored event online; records the user's fresh profile in ``profiles``."""
+        self.catalogue.learn(s.item_id, s.category_id)
+        update = self.updater.apply(
+            Event(s.user_id, s.item_id, s.behavior, from_us(s.event_us), s.category_id)
+        )
+        if update.rows is not None:
+            profiles[s.user_id] = self.reader.profile_from_rows(s.user_id, update.rows)
+        else:
+            profiles.setdefault(s.user_id, None)
+        reason = update.reason or ("applied" if update.outcome is Outcome.APPLIED else "")
+        return update.outcome.value, reason
+
+
+class Runtime:
+    """The service and the one thread that runs all its work (see the module docstring).
+
+    ``start()`` builds the service on that thread (blocking: ``recsys serve`` calls it before
+    uvicorn, so a failed start is one line); the app's lifespan calls ``started()`` when it has
+    not run. ``run(work)`` runs ``work(service)`` there and awaits the result.
+    """
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        model: ModelState | None = None,
+        catalogue: Catalogue | None = None,
+    ) -> None:
+        self.settings = settings
+        self._model = model
+        self._catalogue = catalogue
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recsys-store")
+        self.service: Service | None = None
+
+    def _start(self) -> Service:
+        if self.service is None:
+            self.service = Service.start(
+                self.settings, model=self._model, catalogue=self._catalogue
+            )
+        return self.service
+
+    def start(self) -> Service:
+        return self._thread.submit(self._start).result()
+
+    async def started(self) -> Service:
+        return await asyncio.wrap_future(self._thread.submit(self._start))
+
+    async def run(self, work: Callable[[Service], T]) -> T:
+        service = self.service
+        if service is None:
+            raise ServingError("the service is not started")
+        return await asyncio.wrap_future(self._thread.submit(work, service))
+
+    def close(self) -> None:
+        """Close the service (drain the inbox, release the home) and end the thread."""
+        service, self.service = self.service, None
+        if service is not None:
+            self._thread.submit(service.close).result()
+        self._thread.shutdown()
 
 
 def _event(e: EventIn, now: datetime, category: int | None) -> Event:
     return Event(e.user_id, e.item_id, e.behavior, e.event_time or now, category)
 
 
-def _result(index: int, e: EventIn, outcome: Outcome, reason: str) -> dict[str, Any]:
-    reason = reason or ("applied" if outcome is Outcome.APPLIED else "")
+def _result(index: int, e: EventIn, outcome: str, reason: str) -> dict[str, Any]:
     return {
         "index": index,
         "user_id": e.user_id,
         "item_id": e.item_id,
-        "outcome": outcome.value,
+        "event_id": e.event_id,
+        "outcome": outcome,
         "reason": reason,
     }
 

@@ -10,7 +10,12 @@ as_of stored in ``recsys_params``. A build then
 2. (re)creates the views and materialises every mart as a table of the same name in ``main``,
    all in one transaction, so readers see either the old or the new build,
 3. exports the Feast files: the ``exports`` views evaluated at each snapshot time T (``set
-   variable as_of = T``), stacked with ``event_timestamp = T``.
+   variable as_of = T``), stacked with ``event_timestamp = T``, into a new folder sealed with a
+   manifest, before the marts commit; right after the commit the folder is published as
+   ``features/`` by one rename (``recsys.warehouse.exports``). A build killed before its
+   commit leaves the previous marts and exports; killed between the commit and that rename, it
+   leaves new marts beside the previous exports, which ``recsys features materialize`` refuses
+   (their as_of differ) until ``recsys build`` runs again.
 
 Snapshots are the 00:00 UTC boundaries after days that have events, plus the final as_of. A
 snapshot row is written for an entity only when it has events in the day before T (its features
@@ -22,8 +27,8 @@ The default as_of is the last event time plus one microsecond, so every event co
 
 from __future__ import annotations
 
-import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -35,6 +40,7 @@ import duckdb
 
 from recsys.config import FeatureConfig
 from recsys.home import Paths
+from recsys.warehouse import exports
 from recsys.warehouse.connect import DEFAULT_LOCK_TIMEOUT_S, connect
 from recsys.warehouse.schema import BEHAVIORS
 
@@ -261,21 +267,19 @@ def _as_of_variable(con: duckdb.DuckDBPyConnection, moment: datetime) -> Iterato
 
 
 def _write_parquet(con: duckdb.DuckDBPyConnection, query: str, target: Path) -> None:
-    """COPY a query to target through a temporary file, so readers never see a partial file."""
-    partial = target.with_name(f".{target.name}.partial")
-    con.execute(f"copy ({query}) to '{partial}' (format parquet)")
-    os.replace(partial, target)
+    """COPY a query to a Parquet file (in an unpublished folder: no reader sees it yet)."""
+    con.execute(f"copy ({query}) to ? (format parquet)", [str(target)])
 
 
 def export_features(
     con: duckdb.DuckDBPyConnection,
-    paths: Paths,
+    folder: Path,
     times: list[datetime],
     *,
     step: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
-    """Write the Feast files, one stacked row set per snapshot time; returns rows per file."""
-    paths.features.mkdir(parents=True, exist_ok=True)
+    """Write the Feast files into ``folder``, one stacked row set per snapshot time; returns
+    rows per file."""
     for view, _ in EXPORTS.values():
         con.execute(
             f"create or replace temp table stack_{view} as from {VIEW_SCHEMA}.{view} limit 0"
@@ -304,7 +308,7 @@ def export_features(
         _write_parquet(
             con,
             f"select * from stack_{view} order by event_timestamp, {key}",
-            paths.features / file,
+            folder / file,
         )
         rows[file] = con.execute(f"select count(*) from stack_{view}").fetchone()[0]
         con.execute(f"drop table stack_{view}")
@@ -362,7 +366,7 @@ def build(
     seconds: dict[str, float] = {}
     con = connect(paths, memory_limit=MEMORY_LIMIT, lock_timeout_s=lock_timeout_s)
     try:
-        con.execute(f"set temp_directory = '{paths.home / 'duckdb_tmp'}'")
+        con.execute("set temp_directory = ?", [str(paths.home / "duckdb_tmp")])
         # marts are sets of rows (exports sort explicitly): let DuckDB write them in any order
         con.execute("set preserve_insertion_order = false")
         _, first, last = _event_range(con, paths)
@@ -386,21 +390,30 @@ def build(
             if step:
                 step(f"mart {mart.name}")
         con.execute("reset search_path")
-        con.execute("commit")
-        marts = [m.name for m in marts]
         seconds["marts"] = time.perf_counter() - started
+        export_rows: dict[str, int] = {}
+        times: list[datetime] = []
+        folder = exports.start(paths) if export else None
+        try:
+            if folder:
+                started = time.perf_counter()
+                chosen = snapshot_times(con, as_of)[:-1] if snapshots is None else snapshots
+                times = sorted({_utc_naive(t) for t in chosen if _utc_naive(t) < as_of}) + [as_of]
+                export_rows = export_features(con, folder, times, step=step)
+                exports.seal(paths, folder, as_of=as_of, rows=export_rows)
+                seconds["exports"] = time.perf_counter() - started
+            con.execute("commit")
+            if folder:
+                exports.publish(paths, folder)
+        except BaseException:
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        marts = [m.name for m in marts]
         mart_rows = {
             name: con.execute(f"select count(*) from main.{name}").fetchone()[0] for name in marts
         }
         n_events = con.execute(f"select count(*) from {VIEW_SCHEMA}.stg_events").fetchone()[0]
-        export_rows: dict[str, int] = {}
-        times: list[datetime] = []
-        if export:
-            started = time.perf_counter()
-            chosen = snapshot_times(con, as_of)[:-1] if snapshots is None else snapshots
-            times = sorted({_utc_naive(t) for t in chosen if _utc_naive(t) < as_of}) + [as_of]
-            export_rows = export_features(con, paths, times, step=step)
-            seconds["exports"] = time.perf_counter() - started
         return BuildReport(
             as_of=as_of,
             events=n_events,

@@ -9,6 +9,9 @@ Base tables (written by ``recsys ingest``):
   cheaply; every writer of ``events`` computes it with ``EVENT_KEY``.
 - ``quarantine_events``: one row per rejected source row (source_file, line, raw text, reason).
 - ``ingested_files``: one row per ingest call, with its counts.
+- ``forgotten_users``: the tombstones of users whose data was erased (``recsys forget``). Every
+  writer of ``events`` and ``quarantine_events`` skips their rows (``FORGOTTEN_USER``,
+  ``raw_user_ids``), so re-ingesting a source file does not bring them back.
 
 DuckDB allows one writer process at a time, and a reader locks writers out of the file while
 it is open. ``connect`` therefore waits for a lock held by another process (up to
@@ -69,7 +72,20 @@ create table if not exists ingested_files (
     quarantined bigint not null,
     ingested_at timestamp not null
 );
+create table if not exists forgotten_users (
+    user_id bigint primary key,
+    forgotten_at timestamp not null
+);
 """
+# SQL condition on a ``user_id`` column: the user has been forgotten.
+FORGOTTEN_USER = "user_id in (select user_id from forgotten_users)"
+
+
+def raw_user_ids(raw: str) -> str:
+    """SQL: the integers among the comma-separated fields of the text column ``raw`` (a source
+    row as quarantined), spaces and quotes trimmed; a row mentions a user when these hold the
+    user's id. The user column's position is not known for every format, so any field counts."""
+    return f"list_transform(string_split({raw}, ','), lambda f: try_cast(trim(f, ' \"') as bigint))"
 
 
 class WarehouseBusyError(RuntimeError):

@@ -19,6 +19,8 @@ Rules:
 - The natural key is (user_id, item_id, behavior, event_time): a row whose key is already in
   the warehouse, or repeats an earlier row of the same file, is counted as a duplicate and
   skipped. Re-ingesting a file therefore adds nothing; a newer file appends.
+- Rows of forgotten users (``forgotten_users``, ``recsys forget``) are skipped and counted as
+  ``forgotten``; a bad row whose raw text mentions one is not quarantined either.
 - Everything is staged in a separate in-memory database and written in ONE transaction, so a
   missing file, an unknown format, a wrong mapping or any failure leaves the warehouse as it
   was.
@@ -41,6 +43,8 @@ from recsys.warehouse.connect import (
     BASE_TABLES_DDL,
     DEFAULT_LOCK_TIMEOUT_S,
     EVENT_KEY,
+    FORGOTTEN_USER,
+    raw_user_ids,
     retry_on_lock,
     table_exists,
 )
@@ -75,6 +79,7 @@ class IngestReport:
     quarantined: int
     already_quarantined: int
     seconds: float
+    forgotten: int = 0
 
     def summary(self) -> str:
         rate = self.rows_read / self.seconds if self.seconds > 0 else float("inf")
@@ -90,6 +95,8 @@ class IngestReport:
                 else ""
             ),
         ]
+        if self.forgotten:
+            lines.append(f"  forgotten    {self.forgotten:,} (rows of forgotten users, skipped)")
         if self.rows_read and self.quarantined + self.already_quarantined > self.rows_read / 2:
             lines.append(
                 "[yellow]warning:[/] most rows were rejected; is --format or --map right? "
@@ -170,80 +177,86 @@ def ingest_file(
 #
 # Each reader creates temp view `source`: the records as read, in file order, so that checking
 # streams from the file in one pass. It returns a Staging: SQL over `source` (aliased `s`) for
-# each canonical column, and for a record's raw text (see `_concat`).
+# each canonical column, and for a record's raw text (see `_concat`). CSV columns are read as
+# text (DuckDB's reader would round an id of 1.7 to 2); checking converts them exactly.
+
+
+@dataclass(frozen=True)
+class Column:
+    """SQL for a source value, and its DuckDB type."""
+
+    sql: str
+    type: str = "VARCHAR"
 
 
 @dataclass(frozen=True)
 class Staging:
     header_lines: int  # lines before the first record
-    user_id: str
-    item_id: str
-    category_id: str
+    user_id: Column  # ids as in the source; checking makes them exact BIGINTs
+    item_id: Column
+    category_id: Column
     behavior: str  # as written in the source; aliases are resolved when checking
-    event_time: str  # a TIMESTAMP in UTC, NULL when unparseable
+    parsed_time: str  # a TIMESTAMP in UTC from a non-numeric time, else NULL
+    epoch_us: str  # a numeric time as microseconds since 1970 (DOUBLE), else NULL
     session_id: str
     raw_time: str  # the source's time as text, quoted in the quarantine reason
     raw: str
 
 
 def _read_taobao(con, source: Path, _mapping, _props) -> Staging:
-    columns = {
-        "user_id": "BIGINT",
-        "item_id": "BIGINT",
-        "category_id": "BIGINT",
-        "behavior": "VARCHAR",
-        "ts": "BIGINT",
-    }
+    columns = ("user_id", "item_id", "category_id", "behavior", "ts")
     _source_csv(con, source, columns=columns, header=False)
     return Staging(
         header_lines=0,
-        user_id="s.user_id",
-        item_id="s.item_id",
-        category_id="s.category_id",
+        user_id=Column("s.user_id"),
+        item_id=Column("s.item_id"),
+        category_id=Column("s.category_id"),
         behavior="s.behavior",
-        event_time="to_timestamp(s.ts)::timestamp",
+        parsed_time="null::timestamp",
+        epoch_us="try_cast(s.ts as double) * 1e6",
         session_id="null::varchar",
-        raw_time="s.ts::varchar",
+        raw_time="s.ts",
         raw=_concat(columns),
     )
 
 
 def _read_retailrocket(con, source: Path, _mapping, props: list[Path]) -> Staging:
-    columns = {
-        "timestamp": "BIGINT",
-        "visitorid": "BIGINT",
-        "event": "VARCHAR",
-        "itemid": "BIGINT",
-        "transactionid": "VARCHAR",
-    }
+    columns = ("timestamp", "visitorid", "event", "itemid", "transactionid")
     _require_header(con, source, list(columns))
     _source_csv(
         con, source, columns=columns, header=True, name="source_events" if props else "source"
     )
+    epoch_us = "try_cast({}timestamp as double) * 1e3"
     staging = Staging(
         header_lines=1,
-        user_id="s.visitorid",
-        item_id="s.itemid",
-        category_id=f"{UNKNOWN_CATEGORY}::bigint",
+        user_id=Column("s.visitorid"),
+        item_id=Column("s.itemid"),
+        category_id=Column(str(UNKNOWN_CATEGORY), "BIGINT"),
         behavior="s.event",
-        event_time="make_timestamp(s.timestamp * 1000)",
+        parsed_time="null::timestamp",
+        epoch_us=epoch_us.format("s."),
         session_id="null::varchar",
-        raw_time="s.timestamp::varchar",
+        raw_time="s.timestamp",
         raw=_concat(columns),
     )
     if not props:
         return staging
-    files = ", ".join(_sql_str(p) for p in props)
+    # Snapshot rows whose item, time or category is unusable are skipped: they name no
+    # category an event could be given.
     con.execute(
         f"""
         create temp table item_category as
-        select itemid as item_id, make_timestamp(timestamp * 1000) as valid_from,
-               try_cast(value as bigint) as category_id
-        from read_csv([{files}], header=true, auto_detect=false,
-                      columns={{'timestamp': 'BIGINT', 'itemid': 'BIGINT',
-                                'property': 'VARCHAR', 'value': 'VARCHAR'}})
-        where property = 'categoryid' and try_cast(value as bigint) is not null
-        """
+        select * from (
+            select {_integer(Column("itemid"))} as item_id,
+                   {_from_epoch_us(epoch_us.format(""))} as valid_from,
+                   {_integer(Column("value"))} as category_id
+            from read_csv(?, header=true, auto_detect=false,
+                          columns={{'timestamp': 'VARCHAR', 'itemid': 'VARCHAR',
+                                    'property': 'VARCHAR', 'value': 'VARCHAR'}})
+            where property = 'categoryid'
+        ) where item_id is not null and valid_from is not null and category_id is not null
+        """,
+        [[str(p) for p in props]],
     )
     # The category in force at the event's time; before the first snapshot, the earliest.
     # The joins do not keep the file's order, so the events are first stored in it (a table's
@@ -252,35 +265,34 @@ def _read_retailrocket(con, source: Path, _mapping, props: list[Path]) -> Stagin
     con.execute(
         f"""
         create temp view source as
-        select s.* exclude (ordinal),
+        select s.* exclude (ordinal, item_key, event_at),
                coalesce(c.category_id, f.category_id, {UNKNOWN_CATEGORY}) as resolved_category
-        from (select *, rowid as ordinal from events_in_order) s
-        asof left join item_category c
-          on s.itemid = c.item_id and make_timestamp(s.timestamp * 1000) >= c.valid_from
+        from (
+            select *, rowid as ordinal, {_integer(Column("itemid"))} as item_key,
+                   {_from_epoch_us(epoch_us.format(""))} as event_at
+            from events_in_order
+        ) s
+        asof left join item_category c on s.item_key = c.item_id and s.event_at >= c.valid_from
         left join (select item_id, arg_min(category_id, valid_from) as category_id
-                   from item_category group by all) f on s.itemid = f.item_id
+                   from item_category group by all) f on s.item_key = f.item_id
         order by s.ordinal
         """
     )
-    return replace(staging, category_id="s.resolved_category")
+    return replace(staging, category_id=Column("s.resolved_category", "BIGINT"))
 
 
 def _read_csv_mapped(con, source: Path, mapping: dict[str, str], _props) -> Staging:
     header = _header(source)
     select = _mapped_columns(header, mapping, source)
-    # Typed ids let DuckDB's reader reject non-integers itself, with their line numbers.
-    integer_sources = {select[c] for c in ("user_id", "item_id", "category_id") if c in select}
-    columns = {name: "BIGINT" if name in integer_sources else "VARCHAR" for name in header}
-    _source_csv(con, source, columns=columns, header=True)
-    return _stage_mapped(con, select, header_lines=1, raw=_concat(columns))
+    _source_csv(con, source, columns=header, header=True)
+    return _stage_mapped(con, select, header_lines=1, raw=_concat(header))
 
 
 def _read_parquet(con, source: Path, mapping: dict[str, str], _props) -> Staging:
-    relation = f"read_parquet({_sql_str(source)})"
-    header = [row[0] for row in con.execute(f"describe select * from {relation}").fetchall()]
-    select = _mapped_columns(header, mapping, source)
-    con.execute(f"create temp view source as select * from {relation}")
-    return _stage_mapped(con, select, header_lines=0, raw=_concat(dict.fromkeys(header)))
+    relation = con.read_parquet(str(source))
+    select = _mapped_columns(relation.columns, mapping, source)
+    relation.create_view("source")
+    return _stage_mapped(con, select, header_lines=0, raw=_concat(relation.columns))
 
 
 _READERS = {
@@ -292,42 +304,52 @@ _READERS = {
 
 
 def _source_csv(
-    con, source: Path, *, columns: dict[str, str], header: bool, name: str = "source"
+    con, source: Path, *, columns: Sequence[str], header: bool, name: str = "source"
 ) -> None:
-    """View a CSV as temp view `name`; when scanned, rows DuckDB cannot parse go to
-    temp table `csv_rejects`."""
-    spec = ", ".join(f"{_sql_str(k)}: {_sql_str(v)}" for k, v in columns.items())
-    con.execute(
-        f"""
-        create temp view {name} as
-        select * from read_csv({_sql_str(source)}, header={str(header).lower()},
-            auto_detect=false, delim=',', quote='"', escape='"', columns={{{spec}}},
-            store_rejects=true, rejects_table='csv_rejects', rejects_scan='csv_scans')
-        """
+    """View a CSV's columns, as text, as temp view `name`; when scanned, rows DuckDB cannot
+    parse go to temp table `csv_rejects`."""
+    relation = con.read_csv(
+        str(source),
+        header=header,
+        auto_detect=False,
+        sep=",",
+        quotechar='"',
+        escapechar='"',
+        columns=dict.fromkeys(columns, "VARCHAR"),
+        store_rejects=True,
+        rejects_table="csv_rejects",
+        rejects_scan="csv_scans",
     )
+    relation.create_view(name)
 
 
 def _stage_mapped(con, select: dict[str, str], *, header_lines: int, raw: str) -> Staging:
     """Stage a header-bearing source (CSV text or Parquet types) through a column mapping."""
     types = {row[0]: row[1] for row in con.execute("describe source").fetchall()}
 
-    def col(name: str, cast: str) -> str:
+    def column(name: str, cast: str) -> Column:
         if name not in select:
-            return f"null::{cast}"
-        column = "s." + _ident(select[name])
-        return column if types[select[name]] == cast.upper() else f"try_cast({column} as {cast})"
+            return Column(f"null::{cast}", cast.upper())
+        return Column("s." + _ident(select[name]), types[select[name]])
 
-    time_column = "s." + _ident(select["event_time"])
+    def text(name: str) -> str:
+        value = column(name, "varchar")
+        return value.sql if value.type == "VARCHAR" else f"try_cast({value.sql} as varchar)"
+
+    time = column("event_time", "varchar")
     has_category = "category_id" in select
     return Staging(
         header_lines=header_lines,
-        user_id=col("user_id", "bigint"),
-        item_id=col("item_id", "bigint"),
-        category_id=col("category_id", "bigint") if has_category else f"{UNKNOWN_CATEGORY}::bigint",
-        behavior=col("behavior", "varchar"),
-        event_time=_time_expr(time_column, types[select["event_time"]]),
-        session_id=col("session_id", "varchar"),
-        raw_time=f"{time_column}::varchar",
+        user_id=column("user_id", "bigint"),
+        item_id=column("item_id", "bigint"),
+        category_id=column("category_id", "bigint")
+        if has_category
+        else Column(str(UNKNOWN_CATEGORY), "BIGINT"),
+        behavior=text("behavior"),
+        parsed_time=_parsed_time(time),
+        epoch_us=_epoch_us(time),
+        session_id=text("session_id"),
+        raw_time=f"{time.sql}::varchar",
         raw=raw,
     )
 
@@ -339,23 +361,72 @@ _NAIVE_ISO = (
     "['%Y-%m-%dT%H:%M:%S.%f', '%Y-%m-%dT%H:%M:%S', '%Y-%m-%d %H:%M:%S.%f', "
     "'%Y-%m-%d %H:%M:%S', '%Y-%m-%d']"
 )
+_TEXT_TYPES = ("VARCHAR",)
+_INTEGER_TYPES = (
+    "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT",
+    "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT",
+)  # fmt: skip
+_FRACTIONAL_TYPES = ("FLOAT", "DOUBLE", "DECIMAL")
+# Microseconds of 0001-01-01 and of 9999-12-31 23:59:59.999999: the times a source may state;
+# beyond them DuckDB's conversions raise for the whole file instead of failing one row.
+_MIN_US = -62_135_596_800_000_000
+_MAX_US = 253_402_300_799_999_999
 
 
-def _time_expr(column: str, duckdb_type: str) -> str:
-    """SQL turning a source time column into a UTC TIMESTAMP (NULL when unparseable).
+def _parsed_time(time: Column) -> str:
+    """SQL: a non-numeric source time as a UTC TIMESTAMP (NULL when numeric or unparseable).
 
-    Numbers are Unix seconds. Text is Unix seconds when numeric, else an ISO timestamp whose
-    explicit offset or zone is honoured (a missing offset means UTC, the session time zone).
-    """
-    if duckdb_type.startswith(("TIMESTAMP", "DATE")):
-        return f"{column}::timestamp"
-    if duckdb_type in ("VARCHAR", "BLOB"):
+    Text is an ISO timestamp whose explicit offset or zone is honoured (a missing offset means
+    UTC, the session time zone); numeric text is left to ``_epoch_us``, so that ``inf`` is not
+    read as the infinite timestamp."""
+    if time.type.startswith(("TIMESTAMP", "DATE")):
+        return f"{time.sql}::timestamp"
+    if time.type in _TEXT_TYPES:
         return (
-            f"coalesce(try_strptime({column}, {_NAIVE_ISO}), "
-            f"to_timestamp(try_cast({column} as double))::timestamp, "
-            f"try_cast({column} as timestamptz)::timestamp)"
+            f"case when try_cast({time.sql} as double) is null then coalesce("
+            f"try_strptime({time.sql}, {_NAIVE_ISO}), "
+            f"try_cast({time.sql} as timestamptz)::timestamp) end"
         )
-    return f"to_timestamp({column}::double)::timestamp"
+    return "null::timestamp"
+
+
+def _epoch_us(time: Column) -> str:
+    """SQL: a numeric source time (numbers, and text that is a number: Unix seconds) in
+    microseconds as a DOUBLE, which may be out of range or not finite; else NULL."""
+    if time.type in _TEXT_TYPES:
+        return f"try_cast({time.sql} as double) * 1e6"
+    if time.type.startswith(_INTEGER_TYPES + _FRACTIONAL_TYPES):
+        return f"{time.sql}::double * 1e6"
+    return "null::double"
+
+
+def _from_epoch_us(us: str) -> str:
+    """SQL: microseconds since 1970 (a DOUBLE) as a TIMESTAMP, NULL when out of range."""
+    return (
+        f"case when {us} between {_MIN_US} and {_MAX_US} "
+        f"then make_timestamp(round({us})::bigint) end"
+    )
+
+
+def _integer(value: Column) -> str:
+    """SQL: the value as an exact BIGINT; NULL unless it is an integer within BIGINT's range.
+
+    DuckDB's own casts round 1.7 to 2 and read text such as ``1e3``, ``0x10`` or ``1_000``;
+    here text must be decimal digits (with a sign, spaces around, and zeros after a point, as
+    tools write integers stored as floats) and a number must be whole."""
+    if value.type in _TEXT_TYPES:
+        digits = r"'^\s*[+-]?[0-9]+(\.0*)?\s*$'"
+        return (
+            f"case when regexp_matches({value.sql}, {digits}) "
+            f"then try_cast({value.sql} as bigint) end"
+        )
+    if value.type.startswith(_INTEGER_TYPES):
+        return f"try_cast({value.sql} as bigint)"
+    if value.type.startswith(_FRACTIONAL_TYPES):
+        return (
+            f"case when {value.sql} = trunc({value.sql}) then try_cast({value.sql} as bigint) end"
+        )
+    return "null::bigint"
 
 
 # While checking, the source's own columns are carried under this prefix (not packed into a
@@ -363,20 +434,34 @@ def _time_expr(column: str, duckdb_type: str) -> str:
 _SRC = "src_"
 
 
-def _concat(columns: dict[str, object]) -> str:
+def _concat(columns: Iterable[str]) -> str:
     """SQL rebuilding a record's raw text from the source columns carried while checking."""
     return "concat_ws(',', " + ", ".join(f"{_ident(_SRC + c)}::varchar" for c in columns) + ")"
 
 
 # --- validation, de-duplication and the single write ---------------------------------------
 
+
+def _id_reason(name: str) -> str:
+    """Reason clauses for an id that is not an exact BIGINT (its source value: `{name}_src`)."""
+    text = f"{name}_src::varchar"
+    return (
+        f"when {name} is null and coalesce(trim({text}), '') = '' then '{name} is missing' "
+        f"when {name} is null then '{name} is not a 64-bit integer: ''' || {text} || '''' "
+    )
+
+
 _REASON = f"""
     case
-      when user_id is null then 'user_id is missing or not an integer'
-      when item_id is null then 'item_id is missing or not an integer'
-      when category_id is null then 'category_id is missing or not an integer'
+      {_id_reason("user_id")}
+      {_id_reason("item_id")}
+      {_id_reason("category_id")}
       when source_behavior is null then 'behavior is missing'
       when behavior is null then 'unknown behavior ''' || source_behavior || ''''
+      when event_time is null and not isfinite(epoch_us)
+           then 'event_time is not a finite number: ''' || raw_time || ''''
+      when event_time is null and epoch_us is not null
+           then 'event_time out of range: ''' || raw_time || ''''
       when event_time is null then 'event_time is missing or unparseable: '
            || coalesce('''' || raw_time || '''', 'null')
       when event_time < {MIN_EVENT_TIME} then 'event_time before 1995: ' || event_time::varchar
@@ -406,12 +491,21 @@ def _validate(con, staging: Staging) -> int:
     con.execute(
         f"""
         create temp table checked as
-        with typed as (
-            select {staging.user_id} as user_id, {staging.item_id} as item_id,
-                   {staging.category_id} as category_id, {staging.behavior} as source_behavior,
-                   {staging.event_time} as event_time, {staging.session_id} as session_id,
+        with sourced as (
+            select {staging.user_id.sql} as user_id_src, {staging.item_id.sql} as item_id_src,
+                   {staging.category_id.sql} as category_id_src,
+                   {staging.behavior} as source_behavior, {staging.parsed_time} as parsed_time,
+                   {staging.epoch_us} as epoch_us, {staging.session_id} as session_id,
                    {staging.raw_time} as raw_time, columns('(.*)') as '{_SRC}\\1'
             from source s
+        ),
+        typed as (
+            select *, {_integer(replace(staging.user_id, sql="user_id_src"))} as user_id,
+                   {_integer(replace(staging.item_id, sql="item_id_src"))} as item_id,
+                   {_integer(replace(staging.category_id, sql="category_id_src"))}
+                       as category_id,
+                   coalesce(parsed_time, {_from_epoch_us("epoch_us")}) as event_time
+            from sourced
         ),
         canonical as (
             select
@@ -438,8 +532,22 @@ def _validate(con, staging: Staging) -> int:
             """
             create temp table raw_rejects as
             select line, any_value(csv_line) as raw,
-                   string_agg(distinct error_type || ': ' || error_message, '; ') as reason
-            from csv_rejects group by line
+                   string_agg(error_type || ': ' || error_message, '; ' order by column_idx)
+                       as reason
+            from (
+                -- DuckDB files a short (long) record once per missing (extra) column,
+                -- counting up: the record's own count is in the first missing, or the last
+                -- extra, one.
+                select * from csv_rejects
+                qualify row_number() over (
+                    partition by line, error_type,
+                        case when error_type in ('MISSING COLUMNS', 'TOO MANY COLUMNS')
+                             then -1 else column_idx end
+                    order by case when error_type = 'TOO MANY COLUMNS'
+                                  then -column_idx::bigint else column_idx end
+                ) = 1
+            )
+            group by line
             """
         )
     else:
@@ -502,7 +610,7 @@ def _commit(
         """
     )
     retry_on_lock(
-        lambda: con.execute(f"attach {_sql_str(paths.warehouse)} as wh"),
+        lambda: con.execute("attach ? as wh", [str(paths.warehouse)]),
         paths.warehouse,
         lock_timeout_s,
     )
@@ -518,13 +626,26 @@ def _commit(
               and e.behavior = n.behavior and e.event_time = n.event_time
             """
         )
+        # Forgotten users stay forgotten: their rows are not loaded, and bad rows that mention
+        # one are not quarantined with their raw text.
+        forgotten_valid = _scalar(con, f"select count(*) from temp.staged where {FORGOTTEN_USER}")
+        con.execute(
+            f"""
+            create temp table forgotten_lines as
+            select distinct line
+            from (select line, unnest({raw_user_ids("raw")}) as user_id from temp.bad)
+            where {FORGOTTEN_USER}
+            """
+        )
+        forgotten_bad = _scalar(con, "select count(*) from temp.forgotten_lines")
         before = _scalar(con, "select count(*) from events")
         con.execute(
-            """
+            f"""
             insert into events
             select n.user_id, n.item_id, n.category_id, n.behavior, n.event_time,
                    n.session_id, ?, n.line, now()::timestamp, n.event_key
             from temp.staged n anti join temp.duplicate_ordinals d on d.ordinal = n.ordinal
+            where not {FORGOTTEN_USER}
             """,
             [str(source)],
         )
@@ -536,20 +657,23 @@ def _commit(
             select ?, ?, b.line, b.raw, b.reason, now()::timestamp
             from temp.bad b
             anti join quarantine_events q on q.source_sha256 = ? and q.line = b.line
+            anti join temp.forgotten_lines f on f.line = b.line
             """,
             [str(source), digest, digest],
         )
         quarantined = _scalar(con, "select count(*) from quarantine_events") - q_before
+        duplicates = valid - forgotten_valid - loaded
         counts = {
             "rows_read": valid + failed + rejected,
             "loaded": loaded,
-            "duplicates": valid - loaded,
+            "duplicates": duplicates,
             "quarantined": quarantined,
-            "already_quarantined": failed + rejected - quarantined,
+            "already_quarantined": failed + rejected - forgotten_bad - quarantined,
+            "forgotten": forgotten_valid + forgotten_bad,
         }
         con.execute(
             "insert into ingested_files values (?, ?, ?, ?, ?, ?, ?, now()::timestamp)",
-            [str(source), digest, fmt, counts["rows_read"], loaded, valid - loaded, quarantined],
+            [str(source), digest, fmt, counts["rows_read"], loaded, duplicates, quarantined],
         )
         con.execute("commit")
     except BaseException:
@@ -566,7 +690,12 @@ def _commit(
 
 def _header(source: Path) -> list[str]:
     with source.open(newline="", encoding="utf-8", errors="replace") as handle:
-        first = next(csv.reader(handle), None)
+        try:
+            first = next(csv.reader(handle), None)
+        except csv.Error as exc:
+            raise IngestError(
+                f"{source.name}: cannot read its header line ({exc}); is it a CSV with a header?"
+            ) from None
     if not first:
         raise IngestError(f"{source.name} is empty; a header line is expected")
     return [name.strip() for name in first]

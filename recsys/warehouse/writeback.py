@@ -180,12 +180,12 @@ def read_engine(paths: Paths, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S)
     ``NullPool`` closes the DuckDB connection when ``with engine.connect()`` ends; each new
     connection retries a lock conflict like :func:`open_for_read`.
     """
-    from sqlalchemy import create_engine, event
+    from sqlalchemy import URL, create_engine, event
     from sqlalchemy.pool import NullPool
 
-    engine = create_engine(
-        f"duckdb:///{paths.warehouse}", connect_args={"read_only": True}, poolclass=NullPool
-    )
+    # URL.create escapes the path (a home may hold '?', '#' or quotes)
+    url = URL.create("duckdb", database=str(paths.warehouse))
+    engine = create_engine(url, connect_args={"read_only": True}, poolclass=NullPool)
 
     @event.listens_for(engine, "do_connect")
     def _connect_with_retry(dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]
