@@ -534,6 +534,7 @@ SIMPLE = [0.2, 0.4, 0.3, 0.5]
         ({"repeat": SIMPLE, "blend": SIMPLE, "learned": [0.0] * 4}, "repeat"),  # ties: simpler
         ({"repeat": [0.1] * 4, "blend": SIMPLE}, "blend"),
         ({"repeat": [0.1], "blend": [0.2], "learned": [0.9]}, "blend"),  # one user decides nothing
+        ({"learned": SIMPLE, "learned_gbdt": SURE}, "learned_gbdt"),  # only learned ones compete
     ],
 )
 def test_choose_serves_learned_only_when_it_beats_the_best_simple_policy_beyond_chance(

@@ -70,8 +70,8 @@ def gain_lower_bound(ndcg: np.ndarray, baseline: np.ndarray) -> float:
 def choose(validations: Mapping[str, Validation], *, simple: tuple[str, ...]) -> str:
     """The policy to serve: the best learned policy (any name not in ``simple``) when its
     paired NDCG@20 gain over the best simple policy is above 0 beyond chance
-    (``gain_lower_bound``), else the best simple one. Ties go to the policy listed first (the
-    simpler)."""
+    (``gain_lower_bound``), else the best simple one; with no simple policy competing (the
+    ablations), the best learned one. Ties go to the policy listed first (the simpler)."""
     names = list(validations)
 
     def best(candidates: list[str]) -> str:
