@@ -34,3 +34,25 @@ def redis_store() -> Iterator[Callable[[Paths, int], OnlineStoreSettings]]:
     yield settings
     for home, store in claims:
         release_redis(home, store)
+
+
+# The service tests' homes (``tests/test_serving*.py``); a module with its own ``home`` fixture
+# (the warehouse and feature tests) overrides these.
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory):
+    """A ready home (ingest -> build -> materialise) with 12 categories, and its events; tests
+    copy it (``home``)."""
+    from serving_helpers import ready_home
+
+    return ready_home(tmp_path_factory.mktemp("template"))
+
+
+@pytest.fixture
+def home(template, tmp_path):
+    """A copy of ``template``'s home (tests that post events or write must not share one)."""
+    from serving_helpers import copy_home
+
+    paths, events = template
+    return copy_home(paths, tmp_path / "home"), events

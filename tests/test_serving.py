@@ -23,7 +23,6 @@ import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 from model_helpers import train_learned
-from serving_helpers import copy_home, ready_home
 
 from recsys.config import FeatureConfig
 from recsys.features.read import OnlineReader, online_features
@@ -43,18 +42,6 @@ from recsys.warehouse.build import build
 from recsys.warehouse.writeback import write_run
 
 SERVICE_ROWS = "select user_id, item_id, behavior, event_time from events where source_file = ?"
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory):
-    """A ready home (ingest -> build -> materialise) with 12 categories; tests copy it."""
-    return ready_home(tmp_path_factory.mktemp("template"))
-
-
-@pytest.fixture
-def home(template, tmp_path):
-    paths, events = template
-    return copy_home(paths, tmp_path / "home"), events
 
 
 def _client(paths, model: ModelState | None = None, **overrides) -> TestClient:

@@ -29,8 +29,6 @@ from serving_helpers import (
     READ_KEY,
     WRITE_KEY,
     bearer,
-    copy_home,
-    ready_home,
     stub_forget,
 )
 from typer.testing import CliRunner
@@ -42,17 +40,6 @@ from recsys.serving.inbox import EventInbox
 from recsys.serving.settings import ServiceSettings, ServingError
 
 SERVICE_ROWS = "select user_id, item_id, behavior from events where source_file = ?"
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory):
-    return ready_home(tmp_path_factory.mktemp("template"))
-
-
-@pytest.fixture
-def home(template, tmp_path):
-    paths, events = template
-    return copy_home(paths, tmp_path / "home"), events
 
 
 def settings_for(paths, **overrides) -> ServiceSettings:
@@ -509,10 +496,10 @@ def test_a_second_service_on_the_home_fails_naming_the_first(home):
 
 HOLDER = textwrap.dedent(
     """
-    import sys, time, duckdb
+    import sys, duckdb
     con = duckdb.connect(sys.argv[1])
     print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
+    sys.stdin.read()  # holds the lock until the test closes stdin
     """
 )
 
@@ -520,7 +507,8 @@ HOLDER = textwrap.dedent(
 def test_start_waits_for_a_busy_warehouse_then_fails_in_one_line(home):
     paths, _ = home
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(paths.warehouse), "60"],
+        [sys.executable, "-c", HOLDER, str(paths.warehouse)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -532,8 +520,8 @@ def test_start_waits_for_a_busy_warehouse_then_fails_in_one_line(home):
             app.state.runtime.start()
         waited = time.monotonic() - began
     finally:
-        holder.kill()
-        holder.wait()
+        holder.stdin.close()
+        holder.wait(timeout=30)
     assert waited >= 1.5
     message = str(raised.value)
     assert message.startswith("cannot start: ") and f"PID {holder.pid}" in message
