@@ -21,8 +21,11 @@ Served and written-back lists are scored with ``metrics.evaluate`` (ks 20 and 50
 bootstrap intervals over users (1000 resamples, fixed seed) for NDCG@20 and Recall@50; the
 per-user values come from the project's ``hits`` / ``ndcg_at_k`` / ``recall_at_k``. The table
 shows every row beside each other, then the ratios served/table and served/evaluate (group all)
-with a within-2% check, and whether any of served, table or evaluate's model is below the best
-simple baseline (repeat, blend). Everything is also written to ``WORKDIR/served_quality.json``.
+with a within-2% check, and, for served, table and evaluate's model, the paired difference to
+the best simple baseline (repeat, blend; refitted here on the same split for served and table,
+metrics.json's paired delta to the best baseline for evaluate's model) with its 90% bootstrap
+interval: "below" means below beyond chance, the interval's upper end under 0. Everything is
+also written to ``WORKDIR/served_quality.json``.
 
 Note the write-back policy: ``recsys score`` (the pipeline's last step) drops purchased items,
 while the service is asked with ``exclude_purchased=false`` (``--exclude-purchased`` changes
@@ -64,7 +67,7 @@ from rich.table import Table
 
 # One bootstrap for evaluate and this benchmark: users resampled with a fixed seed, so the
 # intervals here match metrics.json's ``ci_low``/``ci_high`` for the same per-user values.
-from recsys.evaluation.bootstrap import bootstrap_interval
+from recsys.evaluation.bootstrap import bootstrap_interval, paired_delta_interval
 
 console = Console(width=160)  # tables stay readable when printed to a file
 
@@ -182,30 +185,71 @@ def chosen_model(rows: list[dict[str, Any]], requested: str | None, default: str
     return default
 
 
-def baseline_check(
-    results: pl.DataFrame, candidates: Sequence[str], baselines: Sequence[str] = SIMPLE_BASELINES
-) -> dict[str, dict[str, Any]]:
-    """For each candidate and headline metric (group all): the best simple baseline, its value
-    and whether the candidate is not below it ({"ok": None} when a value is missing)."""
-    out: dict[str, dict[str, Any]] = {}
-    for candidate in candidates:
-        for metric, k in HEADLINE:
-            mine = metric_value(results, candidate, "all", metric, k)
-            scored = {
-                b: v
-                for b in baselines
-                if (v := metric_value(results, b, "all", metric, k)) is not None
-            }
-            best = max(scored, key=scored.__getitem__) if scored else None
-            ok = None if mine is None or best is None else bool(mine >= scored[best])
-            out[f"{candidate}|{metric}@{k}"] = {
-                "model": candidate,
-                "metric": f"{metric}@{k}",
-                "value": mine,
+def paired_check(
+    model: str,
+    values: Mapping[str, np.ndarray],
+    baselines: Mapping[str, Mapping[str, np.ndarray]],
+) -> list[dict[str, Any]]:
+    """For each headline metric ("ndcg@20", "recall@50"): ``model``'s per-user ``values``
+    against the best simple baseline's (``baselines[name][metric]``, the same users in the
+    same order): the paired mean difference, its 90% bootstrap interval, and ``ok`` = not below
+    beyond chance (the interval's upper end >= 0); ``point_below`` says whether the mean is
+    lower at all."""
+    out = []
+    for metric, k in HEADLINE:
+        key = f"{metric}@{k}"
+        mine = np.asarray(values[key], np.float64)
+        best = max(baselines, key=lambda b: float(np.mean(baselines[b][key])))
+        reference = np.asarray(baselines[best][key], np.float64)
+        low, high = paired_delta_interval(mine, reference)
+        delta = float(mine.mean() - reference.mean())
+        out.append(
+            {
+                "model": model,
+                "metric": key,
+                "value": float(mine.mean()),
                 "best_baseline": best,
-                "baseline_value": scored.get(best) if best else None,
-                "ok": ok,
+                "baseline_value": float(reference.mean()),
+                "delta": delta,
+                "delta_interval": [low, high],
+                "point_below": delta < 0,
+                "ok": bool(high >= 0),
             }
+        )
+    return out
+
+
+def evaluate_delta(rows: list[dict[str, Any]], model: str) -> list[dict[str, Any]]:
+    """``paired_check``'s rows for ``recsys evaluate``'s ``model`` from its metrics.json: the
+    paired difference to its best baseline (over every baseline, so at least as strict)."""
+    out = []
+    for metric, k in HEADLINE:
+        row = next(
+            (
+                r
+                for r in rows
+                if r["model"] == model
+                and r["group"] == "all"
+                and (r["metric"], r["k"]) == (metric, k)
+            ),
+            None,
+        )
+        if row is None or row.get("delta_vs_best_baseline") is None:
+            continue
+        delta = row["delta_vs_best_baseline"]
+        out.append(
+            {
+                "model": model,
+                "metric": f"{metric}@{k}",
+                "value": row["value"],
+                "best_baseline": row["best_baseline"],
+                "baseline_value": row["value"] - delta,
+                "delta": delta,
+                "delta_interval": [row["delta_ci_low"], row["delta_ci_high"]],
+                "point_below": delta < 0,
+                "ok": bool(row["delta_ci_high"] >= 0),
+            }
+        )
     return out
 
 
@@ -226,6 +270,21 @@ def score_lists(recs: Mapping[str, np.ndarray], data) -> pl.DataFrame:
 
     results = evaluate(recs, data.truth, data.groups, ks=KS, catalogue_size=data.catalogue_size)
     return results.select(list(RESULT_SCHEMA))
+
+
+def simple_baselines(data) -> dict[str, np.ndarray]:
+    """The ``SIMPLE_BASELINES`` as ``recsys evaluate`` configures them, fitted on the split's
+    training events: their recommendation matrices [n_users, max(KS)]."""
+    from recsys.config import FeatureConfig
+    from recsys.evaluation.run import baseline_factories
+
+    factories = baseline_factories(FeatureConfig())
+    return {
+        name: factories[name]()
+        .fit(data.train, data.split.train_end)
+        .recommend(data.user_ids, max(KS))
+        for name in SIMPLE_BASELINES
+    }
 
 
 def per_user_values(matrix: np.ndarray, data, group: str, metric: str, k: int) -> np.ndarray:
@@ -541,7 +600,20 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         for other, label in ((TABLE, "served/table"), (chosen, "served/evaluate")):
             r = ratio(s, metric_value(results, other, "all", metric, k))
             comparisons[f"{label}|{metric}@{k}"] = {"ratio": r, "within_2pct": within(r)}
-    baselines = baseline_check(results, [SERVED, TABLE, chosen])
+    # The simple baselines refitted here on the same split, for paired per-user differences
+    # (their means match metrics.json's up to the blend's solver noise, ~1e-4).
+    simple = simple_baselines(data)
+    headline = [(m, k) for m, k in HEADLINE]
+    per_user = {
+        name: {f"{m}@{k}": per_user_values(matrix, data, "all", m, k) for m, k in headline}
+        for name, matrix in {SERVED: served.recs, TABLE: table.recs, **simple}.items()
+    }
+    reference = {name: per_user[name] for name in simple}
+    baselines = [
+        *paired_check(SERVED, per_user[SERVED], reference),
+        *paired_check(TABLE, per_user[TABLE], reference),
+        *evaluate_delta(eval_rows, chosen),
+    ]
     models = [SERVED, TABLE, chosen] + [
         m for m in eval_frame["model"].unique(maintain_order=True).to_list() if m != chosen
     ]
@@ -582,7 +654,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "results": results.to_dicts(),
         "intervals_90": cis,
         "comparisons": comparisons,
-        "baseline_checks": list(baselines.values()),
+        "baseline_checks": baselines,
         "timings_s": timings,
     }
     (workdir / "served_quality.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
@@ -639,20 +711,23 @@ def print_report(
         r = "-" if c["ratio"] is None else f"{c['ratio']:.3f}"
         parts.append(f"{label} {metric} {r} (within 2%: {yes(c['within_2pct'])})")
     console.print("ratios: " + "; ".join(parts))
-    below = [c for c in report["baseline_checks"] if c["ok"] is False]
-    checked = [c for c in report["baseline_checks"] if c["ok"] is not None]
-    if below:
-        text = ", ".join(
-            f"{c['model']} {c['metric']} {c['value']:.4f} < {c['best_baseline']} "
-            f"{c['baseline_value']:.4f}"
-            for c in below
-        )
-        console.print(f"below the best simple baseline ({', '.join(SIMPLE_BASELINES)}): {text}")
-    else:
+    checks = report["baseline_checks"]
+    for c in checks:
+        low, high = c["delta_interval"]
         console.print(
-            f"none below the best simple baseline ({', '.join(SIMPLE_BASELINES)}): "
-            f"{yes(bool(checked) or None)} ({len(checked)} checks)"
+            f"{c['model']} {c['metric']} {c['value']:.4f} - {c['best_baseline']} "
+            f"{c['baseline_value']:.4f} = {c['delta']:+.4f} [{low:+.4f}, {high:+.4f}]"
+            + ("" if c["ok"] else "  BELOW beyond chance"),
+            highlight=False,
         )
+    below = [c for c in checks if not c["ok"]]
+    console.print(
+        f"below the best simple baseline ({', '.join(SIMPLE_BASELINES)}) beyond chance (90% "
+        f"paired interval under 0): {'YES: ' + str(len(below)) if below else 'no'} "
+        f"({len(checks)} checks; lower point estimates: "
+        f"{sum(c['point_below'] for c in checks)})",
+        highlight=False,
+    )
     s, t = report["served"], report["table"]
     console.print(
         f"served: model_version {s['model_version']}, ranker {s['ranker']}, "

@@ -21,11 +21,11 @@ Measured: GET /healthz (what the HTTP stack alone costs), GET
 refreshed top-20); and two bare routes (``bare_app``: raw parts behind the same FastAPI/uvicorn
 stack, nothing else): the retrieval parts, and the online read + ``Ranking.rank``. They split
 the endpoint's gap to each floor into the HTTP stack's share and the service's own. The raw
-parts (online feature read, the one-row profile frame, ``SavedRetrieval.embed`` on it, ANN
-top-20 search, and ``Ranking.rank`` top-20 on the profile, its ANN search included) are timed
+parts (online feature read, the flat one-row profile ``Users.from_features``, the query tower on
+it, ANN top-20 search, and ``Ranking.rank_users`` top-20, its ANN search included) are timed
 in a separate process on the same home, model and index, two ways:
 
-- in request order (read -> frame -> query -> search -> rank, user after user, each part timed
+- in request order (read -> flatten -> query -> search -> rank, user after user, each part timed
   alone): "floor" = the sum of the p50s of read, frame, query and search (the retrieval the
   endpoint cannot go below; each part pays for the caches the others evicted, ~20% over the
   hot loops at 1M items: the ScaNN search sweeps ~100 MB of codes); "ranked floor" = read +
@@ -246,9 +246,9 @@ def components(home: Path, n_items: int):
 
 def bare_app(home: Path, n_items: int):
     """The raw parts behind the same FastAPI/uvicorn stack, nothing else, on two routes:
-    GET /v1/users/{id}/recommendations runs the retrieval parts (online read -> profile frame
+    GET /v1/users/{id}/recommendations runs the retrieval parts (online read -> flat profile
     -> query tower -> ANN search, the ids and scores as JSON); GET /v1/users/{id}/ranked runs
-    the ranked ones (online read -> profile frame -> ``Ranking.rank``, its rows as JSON): what
+    the ranked ones (online read -> flat profile -> ``Ranking.rank_users``, its rows as JSON): what
     the endpoint would cost without its own work (migration note, response assembly)."""
     from fastapi import FastAPI, Query
     from fastapi.responses import Response
@@ -256,7 +256,7 @@ def bare_app(home: Path, n_items: int):
     from recsys.features.read import OnlineReader
     from recsys.features.repo import feature_store
     from recsys.home import resolve_home
-    from recsys.ranking.profiles import profiles_from_features
+    from recsys.ranking.sources import Users
 
     _, model, retrieval, _ = components(home, n_items)
     ranking = model.ranking
@@ -274,8 +274,8 @@ def bare_app(home: Path, n_items: int):
         profile = reader.read(user_id)
         items = []
         if profile is not None:
-            profiles = profiles_from_features([(user_id, profile.as_of, profile.features)])
-            ids, scores = retrieval.index.top_k(retrieval.embed(profiles), k)
+            users = Users.from_features([(user_id, profile.as_of, profile.features)])
+            ids, scores = retrieval.index.top_k(retrieval.embed_users(users), k)
             items = [
                 {"item_id": i, "score": s}
                 for i, s in zip(ids[0].tolist(), scores[0].tolist(), strict=True)
@@ -289,11 +289,8 @@ def bare_app(home: Path, n_items: int):
         profile = reader.read(user_id)
         items = []
         if profile is not None:
-            profiles = profiles_from_features([(user_id, profile.as_of, profile.features)])
-            rows = ranking.rank(profiles, k, exclude_purchased=exclude_purchased)
-            items = rows.select(
-                "item_id", "score", "category_id", "source", "sources", "reason"
-            ).to_dicts()
+            users = Users.from_features([(user_id, profile.as_of, profile.features)])
+            items = ranking.rank_users(users, k, exclude_purchased=exclude_purchased).items()
         return Response(json.dumps({"user_id": user_id, "items": items}))
 
     return app
@@ -382,10 +379,10 @@ RANKED_PARTS = ("read", "frame", "rank")
 
 
 def in_request_order(reader, ranking, retrieval, users: list[int]) -> dict[str, np.ndarray]:
-    """Each raw part timed (ms) as a request runs it: read -> profile frame -> query tower ->
+    """Each raw part timed (ms) as a request runs it: read -> flat profile -> query tower ->
     ANN search -> ranking, user after user (after a warm-up pass). Each part then pays for the
     caches the others evicted, as it does in the endpoint."""
-    from recsys.ranking.profiles import profiles_from_features
+    from recsys.ranking.sources import Users
 
     out = {name: np.empty(len(users)) for name in PARTS}
     for warm in (True, False):
@@ -393,13 +390,13 @@ def in_request_order(reader, ranking, retrieval, users: list[int]) -> dict[str, 
             t0 = time.perf_counter()
             profile = reader.read(user)
             t1 = time.perf_counter()
-            profiles = profiles_from_features([(user, profile.as_of, profile.features)])
+            users = Users.from_features([(user, profile.as_of, profile.features)])
             t2 = time.perf_counter()
-            query = retrieval.embed(profiles)
+            query = retrieval.embed_users(users)
             t3 = time.perf_counter()
             retrieval.index.top_k(query, 20)
             t4 = time.perf_counter()
-            ranking.rank(profiles, 20, exclude_purchased=True)
+            ranking.rank_users(users, 20, exclude_purchased=True)
             t5 = time.perf_counter()
             if not warm:
                 times = (t0, t1, t2, t3, t4, t5)
@@ -421,13 +418,13 @@ def isolated(fn, arguments: list) -> np.ndarray:
 
 
 def raw_parts(home: Path, n_items: int, users: list[int], repeats: int):
-    """The online feature read, the profile frame, the query tower, the ANN search and the
+    """The online feature read, the flat profile, the query tower, the ANN search and the
     ranking, timed in request order and in isolation: {label: (in order, isolated)} keyed by
     ``PARTS``; and the description of the model. Runs in its own process (``raw_process``)."""
     from recsys.features.read import OnlineReader
     from recsys.features.repo import feature_store
     from recsys.home import resolve_home
-    from recsys.ranking.profiles import profiles_from_features
+    from recsys.ranking.sources import Users
     from recsys.serving.service import one_tensorflow_thread
 
     one_tensorflow_thread()  # the service's TensorFlow settings (load_model)
@@ -436,23 +433,23 @@ def raw_parts(home: Path, n_items: int, users: list[int], repeats: int):
     reader = OnlineReader(feature_store(resolve_home(home)))
     sample = [u for u in random.Random(1).choices(users, k=repeats) if reader.read(u)]
     rows = [(u, p.as_of, p.features) for u, p in ((u, reader.read(u)) for u in sample)]
-    frames = [profiles_from_features([row]) for row in rows]
-    queries = [retrieval.embed(f) for f in frames]
+    flat = [Users.from_features([row]) for row in rows]
+    queries = [retrieval.embed_users(u) for u in flat]
     ordered = in_request_order(reader, ranking, retrieval, sample)
     index = retrieval.index
     alone = {
         "read": isolated(reader.read, sample),
-        "frame": isolated(lambda row: profiles_from_features([row]), rows),
-        "query": isolated(retrieval.embed, frames),
+        "frame": isolated(lambda row: Users.from_features([row]), rows),
+        "query": isolated(retrieval.embed_users, flat),
         "search": isolated(lambda q: index.top_k(q, 20), queries),
-        "rank": isolated(lambda f: ranking.rank(f, 20, exclude_purchased=True), frames),
+        "rank": isolated(lambda u: ranking.rank_users(u, 20, exclude_purchased=True), flat),
     }
     labels = {
         "read": "online feature read (OnlineReader.read)",
-        "frame": "profile frame (profiles_from_features)",
-        "query": "query tower (SavedRetrieval.embed)",
+        "frame": "flat profile (Users.from_features)",
+        "query": "query tower (SavedRetrieval.embed_users)",
         "search": "ANN top-20 (EmbeddingIndex.top_k)",
-        "rank": "ranking (Ranking.rank top-20, ANN inside)",
+        "rank": "ranking (Ranking.rank_users top-20, ANN inside)",
     }
     description += (
         f"; raw ANN: {len(index.ids):,} items, {index.method}; raw ranking: "

@@ -1,10 +1,11 @@
 """Where the feature views read from: the Parquet exports of the SQL marts.
 
-The exports live in ``<home>/features``. Under ``feast apply`` (run from this folder) that is
-the default home ``../data/features``, kept relative so the repo works in any clone. The
-``recsys features ... --home DIR`` commands load these same modules with ``RECSYS_FEATURES_DIR``
-set to ``DIR/features`` (see ``recsys.features.repo.load_definitions``), so there is one set of
-definitions for both paths.
+The exports live in ``<home>/features``. Under ``feast apply`` (run from this folder) the home is
+``$RECSYS_HOME`` when set (``recsys.features.feast_home.repo_home``: the same home the registry
+and online store of ``feature_store.yaml`` use), else the default home, ``../data/features``,
+kept relative so the repo works in any clone. The ``recsys features ... --home DIR`` commands
+load these same modules with ``RECSYS_FEATURES_DIR`` set to ``DIR/features`` (see
+``recsys.features.repo.load_definitions``), so there is one set of definitions for every path.
 
 Every export carries ``event_timestamp`` = the snapshot time T its row was computed as of, from
 events strictly before T. Feast joins a row stamped T to a label at time >= T, so a label at T
@@ -15,6 +16,9 @@ import os
 from pathlib import Path
 
 from feast import FileSource, PushSource
+
+from recsys.features.feast_home import repo_home
+from recsys.home import HOME_ENV
 
 FEATURES_DIR_ENV = "RECSYS_FEATURES_DIR"
 DEFAULT_FEATURES_DIR = "../data/features"
@@ -36,13 +40,18 @@ class FeatureExportsMissing(FileNotFoundError):
 
 
 def features_dir() -> str:
-    """The exports folder: ``$RECSYS_FEATURES_DIR`` if set, else the default home's."""
-    chosen = os.environ.get(FEATURES_DIR_ENV) or DEFAULT_FEATURES_DIR
+    """The exports folder: ``$RECSYS_FEATURES_DIR``, else ``$RECSYS_HOME/features``, else the
+    default home's."""
+    chosen, build = os.environ.get(FEATURES_DIR_ENV), "`make demo` or `recsys build`"
+    if not chosen and os.environ.get(HOME_ENV):
+        home = repo_home(HERE)
+        chosen, build = str(home / "features"), f"`recsys build --home {home}`"
+    chosen = chosen or DEFAULT_FEATURES_DIR
     missing = [name for name in REQUIRED_EXPORTS if not _export_path(chosen, name).exists()]
     if missing:
         raise FeatureExportsMissing(
             f"feature exports {', '.join(missing)} not found in {_export_path(chosen, '')}: "
-            "run `make demo` or `recsys build` first"
+            f"run {build} first"
         )
     return chosen
 

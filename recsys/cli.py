@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from recsys.home import resolve_home
 
@@ -36,7 +37,9 @@ def main() -> None:
 
 
 def fail(message: str) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print ``message`` as one line on stderr; the caller raises the exit (code 2)."""
+    # Escaped: messages name config tables such as [source.map], which are not markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 
@@ -184,15 +187,22 @@ RedisOption = Annotated[
     str | None,
     typer.Option(
         "--redis-url",
-        help="Serve from Redis (redis://host:port/db) instead of the home's SQLite store.",
+        help="Online store in Redis (redis://host:port/db) instead of the home's SQLite file "
+        "(default: $RECSYS_REDIS_URL).",
+        show_default=False,
     ),
 ]
 
 
 def _online_store(redis_url: str | None):
-    from recsys.features.repo import OnlineStoreSettings
+    """The online store of ``--redis-url``, else ``$RECSYS_REDIS_URL``, else SQLite."""
+    from recsys.features.errors import FeatureStoreError
+    from recsys.features.online_settings import OnlineStoreSettings
 
-    return OnlineStoreSettings.redis(redis_url) if redis_url else OnlineStoreSettings()
+    try:
+        return OnlineStoreSettings.configured(redis_url)
+    except FeatureStoreError as exc:
+        raise fail(str(exc)) from None
 
 
 @features_app.command("apply")
@@ -222,21 +232,18 @@ def features_materialize(home: HomeOption = None, redis_url: RedisOption = None)
 
 
 @features_app.command("release")
-def features_release(
-    redis_url: Annotated[
-        str, typer.Option("--redis-url", help="The Redis database (redis://host:port/db).")
-    ],
-    home: HomeOption = None,
-) -> None:
+def features_release(home: HomeOption = None, redis_url: RedisOption = None) -> None:
     """Give up this home's claim on a Redis database, so another home may use it (the rows
     stay until that home materialises)."""
     from recsys.features.redis_claim import release_redis
-    from recsys.features.repo import OnlineStoreSettings
 
-    if release_redis(resolve_home(home), OnlineStoreSettings.redis(redis_url)):
-        console.print(f"released {redis_url}")
+    online = _online_store(redis_url)
+    if online.kind != "redis":
+        raise fail("no Redis database to release: give --redis-url or set RECSYS_REDIS_URL")
+    if release_redis(resolve_home(home), online):
+        console.print(f"released {online.redis_url}")
     else:
-        raise fail(f"this home holds no claim on {redis_url}")
+        raise fail(f"this home holds no claim on {online.redis_url}")
 
 
 @features_app.command("online")
@@ -259,6 +266,29 @@ def features_online(
     except FeatureStoreError as exc:
         raise fail(str(exc)) from None
     typer.echo(json.dumps(row, indent=2, default=str))
+
+
+@app.command(
+    "feast",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+def feast_cli(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="Feast's command and options, after --.", show_default=False),
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Run Feast's own CLI on a home, e.g. `recsys feast --home DIR -- feature-views list`
+    (also ui, serve, materialize START END, ...); exits with Feast's exit code."""
+    from recsys.features.errors import FeatureStoreError
+    from recsys.features.feast_cli import run_feast
+
+    try:
+        code = run_feast(resolve_home(home), args or [])
+    except FeatureStoreError as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code=code)
 
 
 @app.command()
@@ -368,16 +398,18 @@ def serve(
 
 
 @app.command()
-def train(home: HomeOption = None) -> None:
+def train(home: HomeOption = None, redis_url: RedisOption = None) -> None:
     """Train the interest model on all events of the home; save it under HOME/models/<version>,
     write the embedding feature files and materialise them when the store is applied."""
+    from recsys.features.errors import FeatureStoreError
     from recsys.models.data import LearnedModelError
     from recsys.models.training import train_home
     from recsys.warehouse.connect import WarehouseBusyError
 
+    online = _online_store(redis_url)
     try:
-        report = train_home(resolve_home(home), console=console)
-    except (LearnedModelError, FileNotFoundError, WarehouseBusyError) as exc:
+        report = train_home(resolve_home(home), console=console, online=online)
+    except (LearnedModelError, FileNotFoundError, WarehouseBusyError, FeatureStoreError) as exc:
         raise fail(str(exc)) from None
     console.print(report.summary(), highlight=False)
 
@@ -422,6 +454,14 @@ def pipeline(
         Path | None, typer.Option(help="Event file (default: the built-in simulator).")
     ] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="Format of --events.")] = "csv",
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            help="canonical=source column mapping of the events file, repeatable; adds to "
+            "and overrides the config's \\[source.map].",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="Run configuration, e.g. pipelines/taobao.toml.")
     ] = None,
@@ -430,6 +470,7 @@ def pipeline(
     ] = None,
     only: Annotated[list[str] | None, typer.Option(help="Run only this step (repeatable).")] = None,
     home: HomeOption = None,
+    redis_url: RedisOption = None,
 ) -> None:
     """Raw events to written-back recommendations: ingest, build, features, train, evaluate,
     score."""
@@ -442,19 +483,26 @@ def pipeline(
         print_closing_summary,
         run_pipeline,
     )
+    from recsys.warehouse.ingest import IngestError, parse_mapping
 
     paths = resolve_home(home)
+    online = _online_store(redis_url)
     try:
         settings = PipelineConfig.from_toml(config) if config else PipelineConfig()
         if events is not None:
             settings = replace(settings, events=events.resolve(), format=format)
+        settings = replace(
+            settings,
+            mapping={**settings.mapping, **parse_mapping(mapping or [])},
+            online=online,
+        )
         if start is not None and start not in STEPS:
             raise PipelineError(f"--from {start}: steps are {', '.join(STEPS)}")
         chosen = tuple(only) if only else STEPS[STEPS.index(start) :] if start else STEPS
         run_pipeline(paths, settings, only=chosen, console=console)
-    except PipelineError as exc:
+    except (PipelineError, IngestError) as exc:
         raise fail(str(exc)) from None
-    print_closing_summary(paths, console)
+    print_closing_summary(paths, console, online)
 
 
 @app.command()

@@ -6,7 +6,14 @@ be run alone through its own command (``recsys ingest``, ``recsys build``, ...),
 names the step while earlier results stay intact.
 
 Run configurations are TOML files in ``pipelines/`` (``pipelines/demo.toml`` is the built-in
-default: the simulator, so no download is needed).
+default: the simulator, so no download is needed). Their tables and keys:
+
+- ``[source]``: ``events`` (a file, relative to the config), ``format`` (as ``recsys ingest
+  --format``); ``[source.map]``: ``canonical = "source column"`` pairs, as ``--map``;
+- ``[simulator]``: the fields of ``SimulatorSource`` (used when there is no events file);
+- ``[evaluation]``: ``tz``, ``test_day`` (a date), ``ablations`` (true/false).
+
+Any other key, or a value of the wrong type, is an error naming it: a typo is never ignored.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from recsys.config import FeatureConfig
+from recsys.features.online_settings import SQLITE, OnlineStoreSettings
 from recsys.home import Paths
 
 STEPS = ("ingest", "build", "features", "train", "evaluate", "score")
@@ -50,38 +58,86 @@ class PipelineConfig:
 
     events: Path | None = None
     format: str = "parquet"
+    mapping: dict[str, str] = field(default_factory=dict)  # canonical -> column of ``events``
     simulator: SimulatorSource = field(default_factory=SimulatorSource)
     tz: str = "UTC"
     test_day: date | None = None
     ablations: bool = False
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    online: OnlineStoreSettings = SQLITE
 
     @classmethod
     def from_toml(cls, path: Path) -> PipelineConfig:
-        """Read ``[source]``, ``[simulator]`` and ``[evaluation]`` tables of a TOML file."""
+        """Read the ``[source]`` (with ``[source.map]``), ``[simulator]`` and ``[evaluation]``
+        tables of a TOML file (module docstring); unknown keys and wrong types are errors."""
+        from recsys.warehouse.ingest import IngestError, check_mapping
+
         try:
             raw = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise PipelineError(f"cannot read pipeline config {path}: {exc}") from exc
-        source = raw.get("source", {})
-        evaluation = raw.get("evaluation", {})
+        tables = _checked(raw, "the top level", TABLES, path)
+        source = _checked(tables.get("source", {}), "[source]", SOURCE_KEYS, path)
+        evaluation = _checked(tables.get("evaluation", {}), "[evaluation]", EVALUATION_KEYS, path)
+        simulator = _checked(tables.get("simulator", {}), "[simulator]", SIMULATOR_KEYS, path)
+        try:
+            mapping = check_mapping(source.get("map", {}), where=f"{path} [source.map]")
+        except IngestError as exc:
+            raise PipelineError(str(exc)) from None
         events = source.get("events")
         return cls(
             events=(path.parent / events).resolve() if events else None,
             format=source.get("format", "parquet"),
-            simulator=_dataclass_from(SimulatorSource, raw.get("simulator", {}), path),
+            mapping=mapping,
+            simulator=SimulatorSource(**simulator),
             tz=evaluation.get("tz", "UTC"),
             test_day=evaluation.get("test_day"),
             ablations=evaluation.get("ablations", False),
         )
 
 
-def _dataclass_from(cls: type, values: dict[str, Any], path: Path):
-    known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise PipelineError(f"{path}: unknown keys {sorted(unknown)}; expected {sorted(known)}")
-    return cls(**values)
+# What a pipeline config may hold, per table: key -> type of its value.
+TABLES: dict[str, type] = {"source": dict, "simulator": dict, "evaluation": dict}
+SOURCE_KEYS: dict[str, type] = {"events": str, "format": str, "map": dict}
+EVALUATION_KEYS: dict[str, type] = {"tz": str, "test_day": date, "ablations": bool}
+SIMULATOR_KEYS: dict[str, type] = {f.name: type(f.default) for f in fields(SimulatorSource)}
+TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    date: "a date (YYYY-MM-DD)",
+    dict: "a table",
+}
+
+
+def _checked(
+    table: dict[str, Any], where: str, allowed: dict[str, type], path: Path
+) -> dict[str, Any]:
+    """``table`` if each key is in ``allowed`` with a value of its type, else a one-line
+    ``PipelineError`` naming the key, the table (``where``) and the allowed keys."""
+    for key, value in table.items():
+        if key not in allowed:
+            raise PipelineError(
+                f"{path}: unknown key {key!r} in {where}; allowed keys: {', '.join(allowed)}"
+            )
+        if not _has_type(value, allowed[key]):
+            raise PipelineError(
+                f"{path}: {key} in {where} must be {TYPE_NAMES[allowed[key]]}, got {value!r}"
+            )
+    return table
+
+
+def _has_type(value: Any, expected: type) -> bool:
+    # TOML's true is a Python int, 1 a valid float, and a date-time a Python date: each is
+    # told apart here.
+    if expected in (int, float) and isinstance(value, bool):
+        return False
+    if expected is float:
+        return isinstance(value, int | float)
+    if expected is date:
+        return isinstance(value, date) and not isinstance(value, datetime)
+    return isinstance(value, expected)
 
 
 @dataclass(frozen=True)
@@ -108,6 +164,11 @@ def run_pipeline(
     unknown = set(only) - set(STEPS)
     if unknown:
         raise PipelineError(f"unknown step(s) {sorted(unknown)}; steps are {', '.join(STEPS)}")
+    if config.mapping and config.events is None:
+        raise PipelineError(
+            "a column map (--map or [source.map]) needs an events file (--events or [source] "
+            "events); the simulator's log already has the canonical columns"
+        )
     results = []
     for number, name in enumerate((s for s in STEPS if s in only), start=1):
         console.rule(f"[bold]step {number}: {name}")
@@ -125,7 +186,8 @@ def run_pipeline(
 
 
 def ingest_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
-    """Ingest ``config.events``, or simulate the built-in dataset and ingest that."""
+    """Ingest ``config.events`` (renamed by ``config.mapping``), or simulate the built-in
+    dataset and ingest that."""
     from recsys.warehouse.ingest import ingest_file
 
     events, fmt = config.events, config.format
@@ -139,7 +201,7 @@ def ingest_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
             with console.status(f"simulating {sim_config.name}"):
                 write_simulation(simulate(sim_config), directory)
         fmt = "parquet"
-    report = ingest_file(paths, events, fmt=fmt)
+    report = ingest_file(paths, events, fmt=fmt, mapping=config.mapping)
     console.print(report.summary())
     return f"{report.loaded:,} events loaded, {report.quarantined:,} quarantined"
 
@@ -162,7 +224,7 @@ def features_step(paths: Paths, config: PipelineConfig, console: Console) -> str
     from recsys.features.materialize import materialize
 
     with console.status("feast apply + materialising online features"):
-        report = materialize(paths)
+        report = materialize(paths, online=config.online)
     console.print(report.summary())
     return f"{report.total_rows:,} online rows"
 
@@ -170,7 +232,7 @@ def features_step(paths: Paths, config: PipelineConfig, console: Console) -> str
 def train_step(paths: Paths, config: PipelineConfig, console: Console) -> str:
     from recsys.models.training import train_home
 
-    report = train_home(paths, console=console)
+    report = train_home(paths, console=console, online=config.online)
     console.print(report.summary())
     return f"model {report.version}"
 
@@ -210,8 +272,11 @@ DEFAULT_STEPS: dict[str, Step] = {
 }
 
 
-def print_closing_summary(paths: Paths, console: Console) -> None:
-    """Where the results are, the latest evaluation, a query to paste, how to serve."""
+def print_closing_summary(
+    paths: Paths, console: Console, online: OnlineStoreSettings = SQLITE
+) -> None:
+    """Where the results are, the latest evaluation, a query to paste, how to serve (from the
+    ``online`` store the run wrote)."""
     from recsys.evaluation.report import METRICS_FILE, metrics_table, read_metrics_json
     from recsys.evaluation.run import HEADLINE
 
@@ -234,4 +299,7 @@ def print_closing_summary(paths: Paths, console: Console) -> None:
         highlight=False,
         soft_wrap=True,
     )
-    console.print(f"serve it:\n  .venv/bin/recsys serve --home {paths.home}", highlight=False)
+    redis = f" --redis-url {online.redis_url}" if online.kind == "redis" else ""
+    console.print(
+        f"serve it:\n  .venv/bin/recsys serve --home {paths.home}{redis}", highlight=False
+    )

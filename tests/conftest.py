@@ -8,9 +8,16 @@ from urllib.parse import urlparse
 
 import pytest
 
+from recsys.features.online_settings import REDIS_URL_ENV, OnlineStoreSettings
 from recsys.features.redis_claim import release_redis
-from recsys.features.repo import OnlineStoreSettings
 from recsys.home import Paths
+
+
+@pytest.fixture(autouse=True)
+def _no_online_store_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands default to ``$RECSYS_REDIS_URL``'s Redis; tests choose their store
+    explicitly, whatever the shell that runs them exports."""
+    monkeypatch.delenv(REDIS_URL_ENV, raising=False)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from recsys.models.gnn import GnnConfig  # noqa: E402
 from recsys.models.interest import InterestConfig, InterestModel  # noqa: E402
 from recsys.models.two_tower import TwoTowerConfig  # noqa: E402
 from recsys.ranking.policy import OUTPUT_COLUMNS, SIMPLE_POLICIES  # noqa: E402
+from recsys.ranking.sources import Users  # noqa: E402
 from recsys.warehouse.simulate import SimulationConfig, simulate  # noqa: E402
 from recsys.warehouse.writeback import SOURCES  # noqa: E402
 
@@ -171,7 +172,7 @@ def test_saved_retrieval_embeds_profiles_as_the_fitted_towers(fitted, tmp_path):
     want = model.retriever_.embed_profiles(profiles, model.as_of_)
     np.testing.assert_allclose(saved.embed(profiles), want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(saved.embed(profiles.head(1)), want[:1], rtol=1e-4, atol=1e-5)
-    found = saved.search(profiles, 7)
+    found = saved.search(Users.of(profiles), 7)
     assert found.columns == ["user_id", "item_id", "ann_score"] and found.height == 35
 
 

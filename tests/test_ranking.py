@@ -86,19 +86,16 @@ def features(seq, short, short_total, long, long_total, shift=None) -> dict:
     return out
 
 
-PROFILES = profiles_from_features(
-    [
-        (
-            1,
-            AS_OF,
-            features(
-                U1_SEQ, [(1, 6.0), (2, 2.0), (4, 1.0)], 10.0, [(2, 5.0), (1, 3.0)], 10.0, (2, 1)
-            ),
-        ),
-        (2, AS_OF, features(U2_SEQ, [(3, 2.0)], 2.0, [(3, 2.0)], 2.0, (3, 3))),
-        (3, AS_OF, {}),
-    ]
-)
+ROWS = [
+    (
+        1,
+        AS_OF,
+        features(U1_SEQ, [(1, 6.0), (2, 2.0), (4, 1.0)], 10.0, [(2, 5.0), (1, 3.0)], 10.0, (2, 1)),
+    ),
+    (2, AS_OF, features(U2_SEQ, [(3, 2.0)], 2.0, [(3, 2.0)], 2.0, (3, 3))),
+    (3, AS_OF, {}),
+]
+PROFILES = profiles_from_features(ROWS)
 USERS = Users.of(PROFILES)
 
 # --- item tables ------------------------------------------------------------------------------
@@ -224,6 +221,14 @@ def test_category_source_scores_interest_share_times_item_share():
         rel=1e-12,
     )
     assert by_pair(got, "category_interest_share")[(1, 105)] == pytest.approx(0.2)
+    # the raw short-horizon interest: 6 in category 1, 2 in category 2, 2 for user 2's 3
+    assert by_pair(got, "category_interest") == {
+        (1, 104): 6.0,
+        (1, 101): 6.0,
+        (1, 105): 2.0,
+        (1, 103): 2.0,
+        (2, 201): 2.0,
+    }
     assert by_pair(got, "category_item_share")[(1, 105)] == pytest.approx(0.7)
 
 
@@ -252,9 +257,9 @@ def test_popular_source_gives_everybody_the_same_items():
 class StubAnn:
     """Nearest items for everybody: 105, 401, 1000 with falling scores."""
 
-    def search(self, profiles: pl.DataFrame, n: int) -> pl.DataFrame:
+    def search(self, users: Users, n: int) -> pl.DataFrame:
         items = [105, 401, 1000][:n]
-        users = profiles["user_id"].to_list()
+        users = users.user_id.tolist()
         return pl.DataFrame(
             {
                 "user_id": [u for u in users for _ in items],
@@ -418,6 +423,55 @@ def test_learned_policy_uses_every_source_and_a_segmented_ranker():
     assert isinstance(fitted("blend").ranker, LogisticRanker)
     without_ann = Ranking(POLICIES["learned"], CONFIG, TABLES)
     assert "ann" not in [s.name for s in without_ann.sources()]
+
+
+def test_users_from_features_equals_users_of_the_profile_frame():
+    flat = Users.from_features(ROWS)
+    assert flat.features is not None and flat.moves == USERS.moves
+    for part in ("events", "short", "long"):
+        for name, want in vars(getattr(USERS, part)).items():
+            got = getattr(getattr(flat, part), name)
+            np.testing.assert_array_equal(got, want, err_msg=f"{part}.{name}")
+            assert got.dtype == want.dtype or name == "behavior", (part, name)
+    np.testing.assert_array_equal(flat.user_id, USERS.user_id)
+    assert_frame_equal(flat.profiles, PROFILES)  # built on demand
+
+
+def test_users_from_features_refuses_null_elements():
+    row = features(U1_SEQ, [(1, 6.0)], 6.0, [(1, 6.0)], 6.0)
+    row[SEQ_ITEMS] = [101, None, 101, 103, 301]
+    with pytest.raises(RankingError, match="null elements"):
+        Users.from_features([(1, AS_OF, row)])
+
+
+@pytest.mark.parametrize("policy", ["repeat", "blend"])
+def test_popular_items_only_fill_the_simple_policies(policy):
+    ranking = fitted(policy)
+    assert not any(n.startswith("popular_") for n in ranking.feature_names)
+    ranked = ranking.rank(PROFILES, 50)
+    for user in (1, 2):
+        rows = ranked.filter(pl.col("user_id") == user).sort("rank")
+        fill = rows["sources"].list.join(",") == "popular"
+        assert fill.any() and not fill.all()
+        # every fill item after every ranked one, in popularity order, below the lowest score
+        assert fill.arg_true().min() == (~fill).sum()
+        filled = rows.filter(fill)["item_id"].to_list()
+        assert filled == [i for i in POPULAR_ORDER if i in filled]
+        assert rows.filter(fill)["score"].max() <= rows.filter(~fill)["score"].min() - 1 + 1e-12
+    assert items_of(ranked, 3) == POPULAR_ORDER[:50]  # no profile events: popular only
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_one_user_ranked_alone_gets_the_batch_rows(policy):
+    ranking = fitted(policy)
+    batch = ranking.rank(PROFILES, 30)
+    for row in ROWS:
+        alone = ranking.rank_users(Users.from_features([row]), 30)
+        assert (
+            alone.items()
+            == batch.filter(pl.col("user_id") == row[0]).drop("user_id", "rank").to_dicts()
+        )
+        assert_frame_equal(alone.frame(), batch.filter(pl.col("user_id") == row[0]))
 
 
 def test_a_learned_policy_must_be_fitted_before_it_ranks():

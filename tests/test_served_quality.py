@@ -91,13 +91,38 @@ def _results(values: dict[str, float]) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def test_baseline_check_uses_best_simple_baseline(sq):
-    results = _results({"served": 0.30, "table": 0.10, "repeat": 0.20, "blend": 0.25})
-    checks = sq.baseline_check(results, ["served", "table"])
-    served = checks["served|ndcg@20"]
-    assert served["best_baseline"] == "blend" and served["ok"] is True
-    assert checks["table|recall@50"]["ok"] is False
-    assert sq.baseline_check(results, ["missing"])["missing|ndcg@20"]["ok"] is None
+def test_paired_check_compares_with_the_best_simple_baseline_beyond_chance(sq):
+    rng = np.random.default_rng(0)
+    blend = rng.uniform(0, 1, 400)
+    baselines = {
+        "repeat": {"ndcg@20": blend - 0.1, "recall@50": blend - 0.1},
+        "blend": {"ndcg@20": blend, "recall@50": blend},
+    }
+    tie = blend + rng.normal(0, 0.01, 400)  # a hair either way: not below beyond chance
+    worse = blend - 0.05 + rng.normal(0, 0.01, 400)
+    checks = {
+        c["metric"]: c
+        for c in sq.paired_check("m", {"ndcg@20": tie, "recall@50": worse}, baselines)
+    }
+    ndcg, recall = checks["ndcg@20"], checks["recall@50"]
+    assert ndcg["best_baseline"] == "blend" and ndcg["ok"] is True
+    low, high = ndcg["delta_interval"]
+    assert low < ndcg["delta"] < high and low < 0 < high
+    assert recall["ok"] is False and recall["point_below"] is True
+    assert recall["delta"] == pytest.approx(worse.mean() - blend.mean())
+
+
+def test_evaluate_delta_reads_the_paired_interval_of_metrics_json(sq):
+    row = {"model": "interest_model", "group": "all", "metric": "ndcg", "k": 20, "value": 0.13}
+    rows = [
+        row | {"best_baseline": "blend", "delta_vs_best_baseline": -0.004},
+        row | {"metric": "recall", "k": 50, "best_baseline": "blend"},
+    ]
+    rows[0] |= {"delta_ci_low": -0.008, "delta_ci_high": 0.0002}
+    rows[1] |= {"delta_vs_best_baseline": -0.005, "delta_ci_low": -0.009, "delta_ci_high": -0.001}
+    got = sq.evaluate_delta(rows, "interest_model")
+    assert [(c["metric"], c["ok"]) for c in got] == [("ndcg@20", True), ("recall@50", False)]
+    assert got[0]["baseline_value"] == pytest.approx(0.134)
 
 
 def test_chosen_model(sq):

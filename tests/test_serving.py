@@ -31,6 +31,7 @@ from recsys.home import resolve_home
 from recsys.ranking.policy import POLICIES, Ranking
 from recsys.ranking.profiles import profiles_from_features
 from recsys.ranking.ranker import LogisticRanker
+from recsys.ranking.sources import Users
 from recsys.ranking.tables import ItemTables
 from recsys.serving.app import create_app
 from recsys.serving.catalogue import load_catalogue
@@ -429,12 +430,12 @@ class RandomQueries:
         self.index = EmbeddingIndex(item_ids, embeddings, method="brute_force")
         self.calls: list[set[int]] = []  # the users of each search
 
-    def search(self, profiles: pl.DataFrame, n: int) -> pl.DataFrame:
+    def search(self, users: Users, n: int) -> pl.DataFrame:
         from recsys.models.index import search_frame
 
-        self.calls.append(set(profiles["user_id"].to_list()))
-        queries = self.rng.standard_normal((profiles.height, 8)).astype(np.float32)
-        return search_frame(profiles["user_id"].to_numpy(), queries, self.index, n)
+        self.calls.append(set(users.user_id.tolist()))
+        queries = self.rng.standard_normal((len(users.user_id), 8)).astype(np.float32)
+        return search_frame(users.user_id, queries, self.index, n)
 
 
 def test_an_injected_model_with_an_ann_source_is_served(home):
@@ -503,7 +504,8 @@ def test_a_trained_model_is_loaded_and_retrieves(trained, tmp_path):
     index = load_index(paths.models / report.version / "index")
     scores, items = index({k: tf.constant(v) for k, v in queries.items()})
     n = items.shape[1]
-    found = saved.search(profiles, n)
+    # The service's path: users straight from the online rows, no profile frame.
+    found = saved.search(Users.from_features(rows), n)
     # The same top n up to float32 near-ties: equal score lists, and every item the exported
     # index returned scores there as the service's index scores it for that query.
     np.testing.assert_allclose(

@@ -121,7 +121,11 @@ def test_the_repeat_policy_ranks_own_items_by_long_score_then_popular_items():
     ranked = ranking.rank(profiles, 4)
     decay = 2.0 ** (-1 / (14 * 24))  # one hour at the long half-life
     assert ranked["item_id"].to_list() == [12, 10, 11, 13]  # 1 + 3 d > 4 d^2, then popular
-    assert ranked["score"].to_list() == pytest.approx([1 + 3 * decay, 4 * decay**2, -0.5, -0.75])
+    # Popular only fills: below the lowest own item, lowest - 2 + its reciprocal rank (2nd, 4th).
+    lowest = 4 * decay**2
+    assert ranked["score"].to_list() == pytest.approx(
+        [1 + 3 * decay, lowest, lowest - 2 + 1 / 2, lowest - 2 + 1 / 4]
+    )
     assert ranked["rank"].to_list() == [1, 2, 3, 4]
     assert ranked["source"].to_list() == ["repeat", "repeat", "popular", "popular"]
     assert ranked["sources"].to_list()[1] == ["repeat", "popular"]  # repeat leads when present
@@ -133,8 +137,9 @@ def test_the_repeat_policy_ranks_own_items_by_long_score_then_popular_items():
 
 def test_a_learned_ranker_blends_the_named_features_and_round_trips():
     """The blend policy scores candidates with its ranker over ``feature_names`` (features a
-    source did not propose are 0); saved as JSON it ranks the same."""
-    weights = {"repeat_score": 2.0, "category_score": 10.0, "popular_rr": 1.0}
+    source did not propose are 0) and puts items only the popular source proposed below them;
+    saved as JSON it ranks the same."""
+    weights = {"repeat_score": 2.0, "category_score": 10.0, "category_interest": 1.0}
     ranker = LogisticRanker.from_dict(
         {
             "kind": "logistic",
@@ -150,9 +155,14 @@ def test_a_learned_ranker_blends_the_named_features_and_round_trips():
     profiles = _profiles([(14, 3, "view", 0.0)], interests=[(2, 3.0), (3, 1.0)])
     ranked = ranking.rank(profiles, 5)
     table = ranking.candidates(profiles)
-    expected = (
+    logits = (
         sum(w * np.log1p(table[name].to_numpy()) for name, w in weights.items()) - 1.0
     )  # features are >= 0: sign(x) log1p(|x|) = log1p(x)
+    filler = (
+        table["repeat_present"] + table["transition_present"] + table["category_present"]
+    ).to_numpy() == 0
+    assert filler.any() and (~filler).any()
+    expected = np.where(filler, logits[~filler].min() - 2 + table["popular_rr"].to_numpy(), logits)
     order = np.lexsort((table["item_id"].to_numpy(), -expected))
     assert ranked["item_id"].to_list() == table["item_id"].to_numpy()[order].tolist()
     assert ranked["score"].to_list() == pytest.approx(expected[order].tolist())

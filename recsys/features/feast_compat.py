@@ -3,8 +3,10 @@
 recsys writes and reads Feast's online rows directly (``recsys.features.online_store``,
 ``recsys.features.read``), which depends on Feast internals: the provider, the Redis client of
 the Redis online store, the SQLite store's file path and timestamp adapter, and the murmur3
-hash of Redis field names. They were checked against one Feast release only, so importing this
-module refuses any other (``feast.__version__`` must start with ``TESTED_FEAST``).
+hash of Redis field names; and the file registry and SQLite store that ``feature_repo/`` names
+so that it serves ``$RECSYS_HOME`` (``HomeRegistryStore``, ``HomeSqliteOnlineStore``). They
+were checked against one Feast release only, so importing this module refuses any other
+(``feast.__version__`` must start with ``TESTED_FEAST``).
 
 Feast also installs its own warning filters on import and re-arms some per call; the filters
 here come after its import, and ``quiet()`` silences the per-call chatter.
@@ -17,11 +19,17 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import feast
 from feast.infra.online_stores import helpers as feast_helpers
 from feast.infra.online_stores import sqlite as feast_sqlite
+from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
+from feast.infra.registry.file import FileRegistryStore
+from feast.repo_config import RegistryConfig, RepoConfig
+
+from recsys.features.feast_home import repo_home
 
 TESTED_FEAST = "0.67."
 
@@ -69,3 +77,26 @@ def quiet() -> Iterator[None]:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         yield
+
+
+class HomeRegistryStore(FileRegistryStore):
+    """Feast's file registry, its ``path`` taken under the home instead of the repo folder."""
+
+    def __init__(self, registry_config: RegistryConfig, repo_path: Path) -> None:
+        super().__init__(registry_config, repo_home(repo_path or Path.cwd()))
+
+
+class HomeSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
+    """``SqliteOnlineStoreConfig`` whose ``path`` is relative to the home."""
+
+    type: Literal["recsys.features.feast_compat.HomeSqliteOnlineStore"] = (
+        "recsys.features.feast_compat.HomeSqliteOnlineStore"
+    )
+
+
+class HomeSqliteOnlineStore(SqliteOnlineStore):
+    """Feast's SQLite online store, its file under the home."""
+
+    @staticmethod
+    def _get_db_path(config: RepoConfig) -> str:
+        return str(repo_home(config.repo_path or Path.cwd()) / config.online_store.path)

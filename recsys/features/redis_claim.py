@@ -18,7 +18,7 @@ from recsys.home import Paths
 if TYPE_CHECKING:
     import redis
 
-    from recsys.features.repo import OnlineStoreSettings
+    from recsys.features.online_settings import OnlineStoreSettings
 
 # The value names the home: "<hostname>:<home folder>".
 REDIS_CLAIM_KEY = "recsys:home"

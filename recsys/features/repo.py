@@ -1,11 +1,13 @@
 """The Feast repo of a recsys home: its definitions, its ``RepoConfig``, and ``apply``.
 
 One set of definitions serves both entry points. ``cd feature_repo && feast apply`` imports the
-repo's modules for the default home (``../data``); the functions here import the *same* modules
-with ``RECSYS_FEATURES_DIR`` pointing at ``<home>/features`` (absolute) and apply them with a
-``RepoConfig`` whose registry and SQLite online store live in ``<home>/feast``. Both write the
-same registry for the default home, and ``materialize`` re-applies first, so the registry never
-points at another home's files.
+repo's modules for the home of ``$RECSYS_HOME``, else the default ``../data``
+(``recsys.features.feast_home``); the functions here import the *same* modules with
+``RECSYS_FEATURES_DIR`` pointing at ``<home>/features`` (absolute) and apply them with a
+``RepoConfig`` whose registry and SQLite online store live in ``<home>/feast``, written to
+``<home>/feast/feature_store.yaml`` for Feast's own CLI (``recsys feast``). Both write the same
+registry for a home, and ``materialize`` re-applies first, so the registry never points at
+another home's files.
 """
 
 from __future__ import annotations
@@ -16,61 +18,25 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlparse
+from typing import Any
 
 import feast
+import yaml
 from feast import FeatureStore, RepoConfig
 from feast.feature_view import FeatureView
 
 from recsys.features.errors import FeatureStoreError
+from recsys.features.feast_cli import FEATURES_DIR_ENV, REPO_DIR, feast_yaml_path
 from recsys.features.feast_compat import quiet
+from recsys.features.online_settings import SQLITE, OnlineStoreSettings
 from recsys.features.redis_claim import claim_redis
 from recsys.home import Paths
 
 PROJECT = "recsys"
-REPO_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
 REPO_MODULES = ("entities", "data_sources", "features", "feature_services")
-FEATURES_DIR_ENV = "RECSYS_FEATURES_DIR"
 PROFILE_SERVICE = "user_profile_v1"
 
-
-@dataclass(frozen=True)
-class OnlineStoreSettings:
-    """Which online store serves a home: SQLite in ``<home>/feast`` (default) or Redis.
-
-    ``redis_url`` is a ``redis://host:port/db`` URL (as in ``$REDIS_URL``).
-    """
-
-    kind: Literal["sqlite", "redis"] = "sqlite"
-    redis_url: str | None = None
-
-    @classmethod
-    def redis(cls, url: str) -> OnlineStoreSettings:
-        return cls(kind="redis", redis_url=url)
-
-    def to_feast(self, paths: Paths) -> dict[str, Any]:
-        if self.kind == "sqlite":
-            return {"type": "sqlite", "path": str(paths.feast / "online_store.db")}
-        if not self.redis_url:
-            raise FeatureStoreError(
-                "the redis online store needs a redis_url (redis://host:port/db)"
-            )
-        url = urlparse(self.redis_url)
-        db = (url.path or "/0").lstrip("/") or "0"
-        return {
-            "type": "redis",
-            "connection_string": f"{url.hostname or 'localhost'}:{url.port or 6379},db={db}",
-            # Several events of one user can share a second; with Feast's timestamp dedup the
-            # later push of the same second would be dropped. The updater always writes the
-            # user's complete current row, so last-write-wins is the right rule.
-            "skip_dedup": True,
-        }
-
-
-SQLITE = OnlineStoreSettings()
 
 _IMPORT_LOCK = threading.Lock()
 
@@ -125,17 +91,40 @@ def load_definitions(features_dir: Path) -> list[Any]:
     return objects
 
 
+def _config_values(paths: Paths, online: OnlineStoreSettings) -> dict[str, Any]:
+    """The Feast config of a home as plain values, every path absolute."""
+    return {
+        "project": PROJECT,
+        "provider": "local",
+        "registry": str(paths.feast.resolve() / "registry.db"),
+        "online_store": online.to_feast(paths),
+        "offline_store": {"type": "duckdb"},
+        "entity_key_serialization_version": 3,
+    }
+
+
 def repo_config(paths: Paths, online: OnlineStoreSettings = SQLITE) -> RepoConfig:
     """The Feast config of a home: registry in ``<home>/feast``, DuckDB offline store."""
-    return RepoConfig(
-        project=PROJECT,
-        provider="local",
-        registry=str(paths.feast / "registry.db"),
-        online_store=online.to_feast(paths),
-        offline_store={"type": "duckdb"},
-        repo_path=paths.feast,
-        entity_key_serialization_version=3,
+    return RepoConfig(**_config_values(paths, online), repo_path=paths.feast)
+
+
+def write_feast_yaml(paths: Paths, online: OnlineStoreSettings = SQLITE) -> Path:
+    """Write ``<home>/feast/feature_store.yaml``: the config ``repo_config`` builds, for Feast's
+    own CLI (``recsys feast``). Its paths are absolute, so it works from any folder; the
+    feature views' sources are registered with absolute paths too (``load_definitions``)."""
+    path = feast_yaml_path(paths)
+    header = (
+        "# This home's Feast config, written by `recsys features apply` (and every command\n"
+        "# that applies: materialize, train, pipeline); edits are overwritten.\n"
+        f"# Feast's CLI on this home: recsys feast --home {paths.home.resolve()} -- ARGS\n"
+        f"# or, from any folder: feast -f {path.resolve()} ARGS\n"
+        "# (`feast apply` needs the definitions: run it through `recsys feast`).\n"
     )
+    body = yaml.safe_dump(_config_values(paths, online), sort_keys=False)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(header + body)
+    partial.replace(path)
+    return path
 
 
 def feature_store(paths: Paths, online: OnlineStoreSettings = SQLITE) -> FeatureStore:
@@ -148,9 +137,11 @@ def feature_store(paths: Paths, online: OnlineStoreSettings = SQLITE) -> Feature
 
 
 def apply(paths: Paths, *, online: OnlineStoreSettings = SQLITE) -> list[str]:
-    """Register the repo's definitions for this home; returns the applied objects' names."""
+    """Register the repo's definitions for this home and write its ``feature_store.yaml``;
+    returns the applied objects' names."""
     objects = load_definitions(paths.features)
     store = feature_store(paths, online)
     with quiet():
         store.apply(objects)
+    write_feast_yaml(paths, online)
     return sorted(obj.name for obj in objects)

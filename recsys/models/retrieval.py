@@ -28,6 +28,7 @@ from recsys.models.two_tower import (
     embed,
     train_two_tower,
 )
+from recsys.ranking.sources import Users
 
 
 def default_tower_config(show_progress: bool = True) -> TwoTowerConfig:
@@ -121,10 +122,10 @@ class TowerSearch:
     as_of: datetime
     index: EmbeddingIndex
 
-    def search(self, profiles: pl.DataFrame, n: int) -> pl.DataFrame:
+    def search(self, users: Users, n: int) -> pl.DataFrame:
         return search_frame(
-            profiles["user_id"].to_numpy(),
-            self.retriever.embed_profiles(profiles, self.as_of),
+            users.user_id,
+            self.retriever.embed_profiles(users.profiles, self.as_of),
             self.index,
             n,
         )

@@ -30,6 +30,7 @@ from recsys.models.data import LearnedModelError
 from recsys.models.index import EmbeddingIndex, search_frame
 from recsys.models.towers import FeatureEncoder
 from recsys.ranking.frames import IdIndex
+from recsys.ranking.sources import Users
 
 # Up to this many rows (one request's queries) are encoded row by row.
 ROW_ENCODING_LIMIT = 8
@@ -65,21 +66,25 @@ class SavedRetrieval:
         }
 
     def embed(self, profiles: pl.DataFrame) -> np.ndarray:
-        """float32 [n, d]: the query tower on ``recsys.ranking.profiles`` rows. A request's few
-        rows (its profile and interest queries) are encoded row by row without polars
-        (``encode_query_row``, equal to the batch encoder), which costs a fraction of a frame."""
-        ids = profiles["user_id"].to_numpy().astype(np.int64)
+        """float32 [n, d]: the query tower on ``recsys.ranking.profiles`` rows."""
+        return self.embed_users(Users.of(profiles))
+
+    def embed_users(self, users: Users) -> np.ndarray:
+        """float32 [n, d]: the query tower on ``users``. A request's few rows (its profile and
+        interest queries) are encoded row by row without polars (``encode_query_row``, equal to
+        the batch encoder), from the online feature dicts when ``users`` came with them: both
+        cost a fraction of building the profile frame."""
+        ids = users.user_id
         gnn = self.gnn_user_rows(ids)
         if 0 < len(ids) <= ROW_ENCODING_LIMIT:
+            features = users.features or tuple(users.profiles.iter_rows(named=True))
             rows = [
                 self.encoder.encode_query_row(int(user), row, gnn[i])
-                for i, (user, row) in enumerate(
-                    zip(ids, profiles.iter_rows(named=True), strict=True)
-                )
+                for i, (user, row) in enumerate(zip(ids, features, strict=True))
             ]
             inputs = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
         else:
-            inputs = self.encoder.encode_queries(profiles, gnn)
+            inputs = self.encoder.encode_queries(users.profiles, gnn)
         outputs = self._tower(
             **{k: tf.constant(inputs[k], dtype) for k, dtype in self._inputs.items()}
         )
@@ -93,8 +98,8 @@ class SavedRetrieval:
         out[rows >= 0] = self.gnn_user[rows[rows >= 0]]
         return out
 
-    def search(self, profiles: pl.DataFrame, n: int) -> pl.DataFrame:
+    def search(self, users: Users, n: int) -> pl.DataFrame:
         """``recsys.ranking.sources.AnnSearch``: (user_id, item_id, ann_score), n per user."""
-        if profiles.is_empty():
-            return search_frame(profiles["user_id"].to_numpy(), np.zeros((0, 1)), self.index, n)
-        return search_frame(profiles["user_id"].to_numpy(), self.embed(profiles), self.index, n)
+        if not len(users.user_id):
+            return search_frame(users.user_id, np.zeros((0, 1)), self.index, n)
+        return search_frame(users.user_id, self.embed_users(users), self.index, n)

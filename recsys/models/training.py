@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from recsys.features.online_settings import SQLITE, OnlineStoreSettings
 from recsys.home import Paths
 from recsys.models.data import LearnedModelError, write_embeddings
 from recsys.models.interest import MODEL_NAME, InterestConfig, InterestModel, load_latest
@@ -48,9 +49,14 @@ def model_version(now: datetime | None = None) -> str:
 
 
 def train_home(
-    paths: Paths, *, config: InterestConfig | None = None, console: Console | None = None
+    paths: Paths,
+    *,
+    config: InterestConfig | None = None,
+    console: Console | None = None,
+    online: OnlineStoreSettings = SQLITE,
 ) -> TrainReport:
-    """Fit on every event of the home (as of just after the last one) and publish (module doc)."""
+    """Fit on every event of the home (as of just after the last one) and publish (module doc)
+    into the ``online`` store."""
     from recsys.features.materialize import materialize
 
     events = load_events(paths)
@@ -75,7 +81,7 @@ def train_home(
     if applied:
         if console:
             console.log("materialising the embedding views")
-        materialize(paths)
+        materialize(paths, online=online)
     return TrainReport(
         version=version,
         model_dir=model_dir,

@@ -80,22 +80,25 @@ def candidate_arrays(
     e = users.events
     events = Groups.of(e.user_id, e.item_id)  # stable: an item's first row is its latest event
     seen = match((user_id, item_id), (events.first(e.user_id), events.first(e.item_id)))
-    category_id = np.where(
-        known,
-        tables.column("items", "category_id")[item],
-        np.where(seen >= 0, events.first(e.category_id)[seen], 0),
-    )
-    category_known = known | (seen >= 0)
+    # masked assignments: a user without events (or empty tables) has nothing to index
+    from_events = ~known & (seen >= 0)
+    category_id = np.zeros(len(item_id), np.int64)
+    category_id[known] = tables.column("items", "category_id")[item[known]]
+    category_id[from_events] = events.first(e.category_id)[seen[from_events]]
+    category_known = known | from_events
     for name, column in (
         ("item_pop_short", "pop_short"),
         ("item_pop_long", "pop_long"),
         ("item_trend", "trend"),
     ):
-        columns[name] = np.where(known, tables.column("items", column)[item], 0.0)
+        columns[name] = np.zeros(len(item_id))
+        columns[name][known] = tables.column("items", column)[item[known]]
     if context:
         for name, interests in (("ctx_share_short", users.short), ("ctx_share_long", users.long)):
             at = match((user_id, category_id), (interests.user_id, interests.category_id))
-            columns[name] = np.where((at >= 0) & category_known, interests.share[at], 0.0)
+            inside = (at >= 0) & category_known
+            columns[name] = np.zeros(len(item_id))
+            columns[name][inside] = interests.share[at[inside]]
         columns["ctx_rise"] = columns["ctx_share_short"] - columns["ctx_share_long"]
     return Candidates(Rows(user_id, item_id, columns), category_id, category_known)
 

@@ -17,8 +17,11 @@ numpy over flat arrays (``recsys.ranking.arrays``), so one user costs microsecon
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from datetime import datetime
+from functools import cached_property
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -38,8 +41,15 @@ from recsys.ranking.profiles import (
     SHORT_SCORES,
     SHORT_TOTAL,
     conform,
+    profiles_from_features,
 )
 from recsys.ranking.tables import ItemTables
+
+# (top long-horizon category, top short-horizon category): a move when they differ
+MOVE_COLUMNS = (
+    "user_interest_shift__top_category_long",
+    "user_interest_shift__top_category_short",
+)
 
 
 @dataclass(frozen=True)
@@ -83,25 +93,38 @@ class Sequence:
 @dataclass(frozen=True)
 class Interests:
     """The users' top categories at one horizon, one per row (arrays [c]), strongest first
-    (position 0), with their share of the user's interest at that horizon."""
+    (position 0), with their decayed interest (``score``) and its share of the user's interest
+    at that horizon."""
 
     user_id: np.ndarray
     position: np.ndarray
     category_id: np.ndarray
     share: np.ndarray
+    score: np.ndarray
 
 
 @dataclass(frozen=True)
 class Users:
-    """What the sources read of a batch of profiles, flattened once per ranking: the profile
-    frame (the ANN source's query tower reads it), the user ids [u] in frame order, the recent
-    sequences and the short- and long-horizon top categories."""
+    """What the sources read of a batch of profiles, flattened once per ranking: the user ids
+    [u] in profile order, the recent sequences, the short- and long-horizon top categories and
+    each user's (top long-horizon, top short-horizon) category where known (``moves``).
 
-    profiles: pl.DataFrame
+    The profile frame (``profiles``: the ANN source's query tower reads it) is built only when
+    read: on the online path (``from_features``) it costs several times the ranking itself.
+    ``features`` holds the online path's flat ``<view>__<feature>`` dict per user (None for a
+    frame), which the saved query tower encodes without polars."""
+
     user_id: np.ndarray
     events: Sequence
     short: Interests
     long: Interests
+    moves: Mapping[int, tuple[Any, Any]]
+    frame: Callable[[], pl.DataFrame] = field(repr=False, compare=False)
+    features: tuple[Mapping[str, Any], ...] | None = None
+
+    @cached_property
+    def profiles(self) -> pl.DataFrame:
+        return self.frame()
 
     @classmethod
     def of(cls, profiles: pl.DataFrame) -> Users:
@@ -116,12 +139,65 @@ class Users:
             behavior=_flatten(profiles[SEQ_BEHAVIORS])[1],
             gap_seconds=_flatten(profiles[SEQ_GAPS])[1].astype(np.float64),
         )
+        tops = [
+            profiles[c].to_list() if c in profiles.columns else [None] * len(user_id)
+            for c in MOVE_COLUMNS
+        ]
+        moves = dict(zip(user_id.tolist(), zip(*tops, strict=True), strict=True))
         return cls(
-            profiles,
             user_id,
             events,
             _interests(profiles, user_id, SHORT_CATEGORIES, SHORT_SCORES, SHORT_TOTAL),
             _interests(profiles, user_id, LONG_CATEGORIES, LONG_SCORES, LONG_TOTAL),
+            moves,
+            lambda: profiles,
+        )
+
+    @classmethod
+    def from_features(cls, rows: list[tuple[int, datetime, Mapping[str, Any]]]) -> Users:
+        """From (user_id, as_of, flat ``<view>__<feature>`` dict) rows, the online path: the
+        same arrays as ``of(profiles_from_features(rows))`` without building the frame."""
+        user_id = np.array([user for user, _, _ in rows], np.int64)
+        features = tuple(f for _, _, f in rows)
+
+        def flat(name: str, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+            values = [f.get(name) or () for f in features]
+            lengths = np.array([len(v) for v in values], np.int64)
+            items = [x for v in values for x in v]
+            if any(x is None for x in items):
+                raise RankingError(f"{name} holds null elements")
+            return lengths, np.array(items, dtype=dtype)
+
+        def interests(categories: str, scores: str, total: str) -> Interests:
+            lengths, category_id = flat(categories, np.int64)
+            totals = np.repeat([float(f.get(total) or 0.0) for f in features], lengths)
+            values = flat(scores, np.float64)[1]
+            share = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
+            return Interests(
+                np.repeat(user_id, lengths), _positions(lengths), category_id, share, values
+            )
+
+        lengths, items = flat(SEQ_ITEMS, np.int64)
+        events = Sequence(
+            user_id=np.repeat(user_id, lengths),
+            position=_positions(lengths),
+            item_id=items,
+            category_id=flat(SEQ_CATEGORIES, np.int64)[1],
+            behavior=flat(SEQ_BEHAVIORS, object)[1],
+            gap_seconds=flat(SEQ_GAPS, np.float64)[1],
+        )
+        moves = {
+            int(user): tuple(f.get(c) for c in MOVE_COLUMNS)
+            for user, f in zip(user_id, features, strict=True)
+        }
+        return cls(
+            user_id,
+            events,
+            interests(SHORT_CATEGORIES, SHORT_SCORES, SHORT_TOTAL),
+            interests(LONG_CATEGORIES, LONG_SCORES, LONG_TOTAL),
+            moves,
+            lambda: profiles_from_features(rows),
+            features,
         )
 
 
@@ -150,7 +226,11 @@ def _interests(
     values = _flatten(profiles[scores])[1].astype(np.float64)
     share = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
     return Interests(
-        np.repeat(user_id, lengths), _positions(lengths), category_id.astype(np.int64), share
+        np.repeat(user_id, lengths),
+        _positions(lengths),
+        category_id.astype(np.int64),
+        share,
+        values,
     )
 
 
@@ -161,10 +241,10 @@ class Source(Protocol):
 
 
 class AnnSearch(Protocol):
-    """Nearest items of each profile's query embedding: (user_id, item_id, ann_score) rows,
-    ``n`` per user (``recsys.models`` implements it with the two-tower towers and index)."""
+    """Nearest items of each user's query embedding: (user_id, item_id, ann_score) rows, ``n``
+    per user (``recsys.models`` implements it with the two-tower towers and index)."""
 
-    def search(self, profiles: pl.DataFrame, n: int) -> pl.DataFrame: ...
+    def search(self, users: Users, n: int) -> pl.DataFrame: ...
 
 
 def decayed(config: FeatureConfig, events: Sequence, half_life_hours: float) -> np.ndarray:
@@ -261,6 +341,9 @@ class CategorySource:
         interest = top[interest]
         interest_share = i.share[interest]
         item_share = tables.column("category_items", "share")[rows]
+        # The raw interest as well as its share: a share of 1 means little for a user with one
+        # view. With it, the blend scored 0.0044 NDCG@20 more on the simulator's validation day
+        # 01-13 and the same (within 0.0003) on three other validation days.
         pairs, user_id, item_id = _by_pair(
             i.user_id[interest], tables.column("category_items", "item_id")[rows]
         )
@@ -269,6 +352,7 @@ class CategorySource:
             item_id,
             {
                 f"{n}_score": pairs.max(interest_share * item_share),
+                f"{n}_interest": pairs.max(i.score[interest]),
                 f"{n}_interest_share": pairs.max(interest_share),
                 f"{n}_item_share": pairs.max(item_share),
             },
@@ -371,11 +455,14 @@ class AnnSource:
     name: str = "ann"
 
     def candidates(self, users: Users, tables: ItemTables) -> Rows:
-        n, queries = self.name, users.profiles
+        n, queries = self.name, users
         if self.n_interests > 0:
-            queries = pl.concat(
-                [queries, interest_profiles(queries, self.n_interests).drop("interest")],
-                how="diagonal_relaxed",
+            profiles = users.profiles
+            queries = Users.of(
+                pl.concat(
+                    [profiles, interest_profiles(profiles, self.n_interests).drop("interest")],
+                    how="diagonal_relaxed",
+                )
             )
         found = self.search.search(queries, self.n_candidates)
         pairs, user_id, item_id = _by_pair(

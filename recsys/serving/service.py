@@ -26,8 +26,8 @@ from recsys.online.seed import seed_state
 from recsys.online.state import Outcome, from_us, to_us
 from recsys.online.updater import Event, OnlineUpdater
 from recsys.ranking.policy import POLICIES, Ranking
-from recsys.ranking.profiles import profiles_from_features
 from recsys.ranking.score import cold_start
+from recsys.ranking.sources import Users
 from recsys.ranking.tables import ItemTables
 from recsys.serving.catalogue import Catalogue, load_catalogue
 from recsys.serving.inbox import EventInbox, InboxDrainer, InboxEvent
@@ -273,10 +273,14 @@ class Service:
         """The response body of GET /v1/users/{user_id}/recommendations (plain JSON types)."""
         ranking = self.model.ranking
         if profile is None:
-            rows = cold_start(ranking, [user_id], k)
+            items = (
+                cold_start(ranking, [user_id], k)
+                .select("item_id", "score", "category_id", "source", "sources", "reason")
+                .to_dicts()
+            )
         else:
-            profiles = profiles_from_features([(user_id, profile.as_of, profile.features)])
-            rows = ranking.rank(profiles, k, exclude_purchased=exclude_purchased)
+            users = Users.from_features([(user_id, profile.as_of, profile.features)])
+            items = ranking.rank_users(users, k, exclude_purchased=exclude_purchased).items()
         migration = (
             None
             if profile is None
@@ -297,9 +301,7 @@ class Service:
                 "to_category_id": migration.to_category_id,
                 "origin": migration.origin,
             },
-            "items": rows.select(
-                "item_id", "score", "category_id", "source", "sources", "reason"
-            ).to_dicts(),
+            "items": items,
         }
 
     def post_events(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -106,20 +106,31 @@ class IngestReport:
 
 
 def parse_mapping(pairs: Iterable[str]) -> dict[str, str]:
-    """Turn ``["user_id=uid", ...]`` into ``{"user_id": "uid"}``, rejecting unknown names."""
+    """Turn ``["user_id=uid", ...]`` (``--map`` values) into ``{"user_id": "uid"}``, checked by
+    ``check_mapping``."""
     mapping: dict[str, str] = {}
     for pair in pairs:
         canonical, sep, source = pair.partition("=")
         canonical, source = canonical.strip(), source.strip()
         if not sep or not canonical or not source:
             raise IngestError(f"--map takes canonical=source, got {pair!r}")
+        mapping[canonical] = source
+    return check_mapping(mapping, where="--map")
+
+
+def check_mapping(mapping: Mapping[str, object], *, where: str) -> dict[str, str]:
+    """``mapping`` (canonical -> source column) if every canonical name is known and every
+    source a non-empty column name; else an ``IngestError`` whose message starts with ``where``
+    (the option or config table the mapping came from)."""
+    for canonical, source in mapping.items():
         if canonical not in EVENT_COLUMNS:
             raise IngestError(
-                f"--map: unknown canonical column {canonical!r}; "
+                f"{where}: unknown canonical column {canonical!r}; "
                 f"expected one of {', '.join(EVENT_COLUMNS)}"
             )
-        mapping[canonical] = source
-    return mapping
+        if not isinstance(source, str) or not source.strip():
+            raise IngestError(f"{where}: {canonical} must name a source column, got {source!r}")
+    return {canonical: str(source).strip() for canonical, source in mapping.items()}
 
 
 def ingest_file(
@@ -726,7 +737,8 @@ def _mapped_columns(header: list[str], mapping: dict[str, str], source: Path) ->
     if missing:
         raise IngestError(
             f"{source.name} lacks required column(s) {', '.join(missing)} "
-            f"(columns: {', '.join(header)}); map them with --map canonical=source"
+            f"(columns: {', '.join(header)}); map them with --map canonical=source "
+            "(a pipeline config: [source.map])"
         )
     return select
 
