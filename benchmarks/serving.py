@@ -19,7 +19,7 @@ this process with a minimal keep-alive HTTP/1.1 client at concurrency 1 and 16:
 Measured: GET /healthz (what the HTTP stack alone costs), GET
 /v1/users/{id}/recommendations?k=20 and POST /v1/events?return_recommendations=true (one view,
 refreshed top-20); and two bare routes (``bare_app``: raw parts behind the same FastAPI/uvicorn
-stack, nothing else): the retrieval parts, and the online read + ``Ranking.rank``. They split
+stack, nothing else): the retrieval parts, and the online read + ``Ranking.rank_users``. They split
 the endpoint's gap to each floor into the HTTP stack's share and the service's own. The raw
 parts (online feature read, the flat one-row profile ``Users.from_features``, the query tower on
 it, ANN top-20 search, and ``Ranking.rank_users`` top-20, its ANN search included) are timed
@@ -36,8 +36,8 @@ in a separate process on the same home, model and index, two ways:
 The service and raw-part processes run with POLARS_MAX_THREADS=1 (as `recsys serve` sets it)
 and one TensorFlow thread per pool (as ``load_model`` sets it).
 
-Usage: python benchmarks/serving.py [--home DIR --users 2000 --items 20000 --days 5
---requests 2000 --repeats 1000]
+Usage: python benchmarks/serving.py [--home DIR --policy learned --users 2000 --items 20000
+--days 5 --requests 2000 --repeats 1000]
 Targets on 2 cores: recommendations p99 < 10 ms at concurrency 1 with 1M items; event ->
 refreshed top-k p99 < 20 ms; endpoint p50 at most 1.5x the floor.
 """
@@ -90,20 +90,30 @@ def prepare(home: Path, users: int, items: int, days: int) -> None:
     console.print(f"home {paths.home}: {sim.events.height:,} events")
 
 
-def ensure_model(home: Path) -> None:
-    """Train and publish the interest model when the home has none."""
+def ensure_model(home: Path, policy: str | None) -> None:
+    """Train and publish the interest model when the home has none. With ``policy``, that
+    policy is the only one validated, so the model serves it (``--policy learned``: the learned
+    ranker and its ANN source in the service, the costliest request path)."""
+    import json
+
     from recsys.home import resolve_home
     from recsys.models.artifacts import ArtifactError, latest_verified
-    from recsys.models.interest import MODEL_NAME
+    from recsys.models.interest import MODEL_NAME, RANKING_FILE, InterestConfig
     from recsys.models.training import train_home
 
     paths = resolve_home(home)
     try:
-        console.print(f"model: {latest_verified(paths.models, MODEL_NAME)[0].name}")
+        directory = latest_verified(paths.models, MODEL_NAME)[0]
     except ArtifactError:
+        config = InterestConfig() if policy is None else InterestConfig(policies=(policy,))
         with console.status("training the interest model (train_home)"):
-            report = train_home(paths, console=console)
+            report = train_home(paths, config=config, console=console)
         console.print(report.summary())
+        return
+    served = json.loads((directory / RANKING_FILE).read_text())["policy"]
+    if policy is not None and served != policy:
+        raise SystemExit(f"{directory.name} serves {served}, not {policy}: use a new --home")
+    console.print(f"model: {directory.name} (policy {served})")
 
 
 def tiled_catalogue(real, n_items: int):
@@ -371,8 +381,8 @@ async def load(port: int, requests: list[tuple[str, str, bytes]], concurrency: i
     return np.array(latencies), len(requests) / (time.perf_counter() - began)
 
 
-# The raw parts, in request order; "frame" is the one-row profiles frame that both the query
-# tower and the ranking read (built once per request).
+# The raw parts, in request order; "frame" is the one-row flat profile (``Users``) that both
+# the query tower and the ranking read (built once per request).
 PARTS = ("read", "frame", "query", "search", "rank")
 RETRIEVAL_PARTS = ("read", "frame", "query", "search")
 RANKED_PARTS = ("read", "frame", "rank")
@@ -390,13 +400,13 @@ def in_request_order(reader, ranking, retrieval, users: list[int]) -> dict[str, 
             t0 = time.perf_counter()
             profile = reader.read(user)
             t1 = time.perf_counter()
-            users = Users.from_features([(user, profile.as_of, profile.features)])
+            flat = Users.from_features([(user, profile.as_of, profile.features)])
             t2 = time.perf_counter()
-            query = retrieval.embed_users(users)
+            query = retrieval.embed_users(flat)
             t3 = time.perf_counter()
             retrieval.index.top_k(query, 20)
             t4 = time.perf_counter()
-            ranking.rank_users(users, 20, exclude_purchased=True)
+            ranking.rank_users(flat, 20, exclude_purchased=True)
             t5 = time.perf_counter()
             if not warm:
                 times = (t0, t1, t2, t3, t4, t5)
@@ -619,6 +629,9 @@ def main() -> None:
         "--catalogues", default="0,1000000", help="item counts; 0 = the home's own catalogue"
     )
     parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument(
+        "--policy", default=None, help="train the home's model to serve this policy only"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--catalogue", type=int, default=0, help=argparse.SUPPRESS)
@@ -643,7 +656,7 @@ def main() -> None:
     home = args.home or Path(tempfile.mkdtemp(prefix="recsys-bench-serving-"))
     if not (home / "feast" / "registry.db").exists():
         prepare(home, args.users, args.items, args.days)
-    ensure_model(home)
+    ensure_model(home, args.policy)
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         users = [r[0] for r in con.execute("select user_id from user_interest_shift").fetchall()]
         (t0,) = con.execute("select max(event_time) from events").fetchone()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from feast import FeatureStore
+from feast import FeatureStore, FeatureView
 from feature_helpers import simulated_home
 from rich.console import Console
 from typer.testing import CliRunner
@@ -27,22 +27,21 @@ from recsys.cli import app
 from recsys.features import feast_cli
 from recsys.features.errors import FeatureStoreError
 from recsys.features.online_settings import REDIS_URL_ENV, SQLITE, OnlineStoreSettings
-from recsys.features.repo import write_feast_yaml
+from recsys.features.repo import load_definitions, write_feast_yaml
 from recsys.home import HOME_ENV, Paths, resolve_home
 
 ROOT = Path(__file__).resolve().parents[1]
-VIEWS = {
-    "user_interest_short",
-    "user_interest_long",
-    "user_interest_shift",
-    "user_behavior_funnel",
-    "user_recent_sequence",
-    "item_stats",
-    "user_embedding",
-    "item_embedding",
-    "category_embedding",
-}
 REDIS_URL = "redis://cache.example:6391/7"
+
+
+def _views(paths: Paths) -> set[str]:
+    """The feature views the repo defines: what Feast's own listings must show."""
+    return {o.name for o in load_definitions(paths.features) if isinstance(o, FeatureView)}
+
+
+def _listed(stdout: str) -> set[str]:
+    """The names in the first column of a ``feast feature-views list`` table."""
+    return {line.split()[0] for line in stdout.splitlines()[1:] if line.strip()}
 
 
 def _invoke(*args: str):
@@ -86,7 +85,7 @@ def test_features_apply_writes_the_homes_config_with_absolute_paths(applied, tmp
 
     # Feast reads it from any folder: the registry, and the sources it names, are absolute.
     store = FeatureStore(repo_path=str(tmp_path), fs_yaml_file=config_path)
-    assert {view.name for view in store.list_feature_views()} == VIEWS
+    assert {view.name for view in store.list_feature_views()} == _views(applied)
     sources = [s.path for s in store.list_data_sources() if hasattr(s, "path")]
     assert sources
     for source in sources:
@@ -120,8 +119,7 @@ def test_recsys_feast_lists_the_homes_feature_views_from_any_folder(applied, tmp
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    listed = {line.split()[0] for line in done.stdout.splitlines()[1:] if line.strip()}
-    assert listed == VIEWS
+    assert _listed(done.stdout) == _views(applied)
 
 
 def test_recsys_feast_runs_feast_on_the_home_and_returns_its_exit_code(applied, monkeypatch):
@@ -189,11 +187,11 @@ def test_feature_repo_serves_the_home_of_recsys_home(built, tmp_path, monkeypatc
         tables = {
             name for (name,) in con.execute("select name from sqlite_master where type = 'table'")
         }
-    assert {f"recsys_{view}" for view in VIEWS} <= tables
+    assert {f"recsys_{view}" for view in _views(other)} <= tables
     assert not (tmp_path / "data").exists()
 
     listed = run("feature-views", "list", home=str(other.home))
-    assert {line.split()[0] for line in listed.stdout.splitlines()[1:] if line.strip()} == VIEWS
+    assert _listed(listed.stdout) == _views(other)
 
     # The same config in this process: the sources it registered are the home's exports.
     monkeypatch.setenv(HOME_ENV, str(other.home))
