@@ -54,6 +54,8 @@ Ranker = LogisticRanker | SegmentedRanker | GbdtRanker
 # (benchmarks/served_quality.py). Apps that never want them pass exclude_purchased=true.
 EXCLUDE_PURCHASED = False
 OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score", "category_id", "source", "sources")
+# One recommended item as the API returns it (``Ranked.items``).
+ITEM_FIELDS = ("item_id", "score", "category_id", "source", "sources", "reason")
 
 
 @dataclass(frozen=True)
@@ -312,17 +314,12 @@ class Ranked:
         )
 
     def items(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per row: item_id, score, category_id, source, sources, reason
-        (the API's item fields, equal to those columns of ``frame()``)."""
+        """One JSON-ready dict per row with the ``ITEM_FIELDS`` (the API's item fields, equal to
+        those columns of ``frame()``)."""
         return [
-            {
-                "item_id": item,
-                "score": score,
-                "category_id": category,
-                "source": sources[0],
-                "sources": sources,
-                "reason": reason,
-            }
+            dict(
+                zip(ITEM_FIELDS, (item, score, category, sources[0], sources, reason), strict=True)
+            )
             for item, score, category, sources, reason in zip(
                 self.item_id.tolist(),
                 self.score.tolist(),

@@ -170,11 +170,9 @@ class Users:
 
         def interests(categories: str, scores: str, total: str) -> Interests:
             lengths, category_id = flat(categories, np.int64)
-            totals = np.repeat([float(f.get(total) or 0.0) for f in features], lengths)
-            values = flat(scores, np.float64)[1]
-            share = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
-            return Interests(
-                np.repeat(user_id, lengths), _positions(lengths), category_id, share, values
+            totals = np.array([float(f.get(total) or 0.0) for f in features])
+            return _interest_rows(
+                user_id, lengths, category_id, flat(scores, np.float64)[1], totals
             )
 
         lengths, items = flat(SEQ_ITEMS, np.int64)
@@ -222,16 +220,26 @@ def _interests(
     profiles: pl.DataFrame, user_id: np.ndarray, categories: str, scores: str, total: str
 ) -> Interests:
     lengths, category_id = _flatten(profiles[categories])
-    totals = np.repeat(profiles[total].to_numpy().astype(np.float64), lengths)
-    values = _flatten(profiles[scores])[1].astype(np.float64)
-    share = np.divide(values, totals, out=np.zeros_like(values), where=totals > 0)
-    return Interests(
-        np.repeat(user_id, lengths),
-        _positions(lengths),
+    return _interest_rows(
+        user_id,
+        lengths,
         category_id.astype(np.int64),
-        share,
-        values,
+        _flatten(profiles[scores])[1].astype(np.float64),
+        profiles[total].to_numpy().astype(np.float64),
     )
+
+
+def _interest_rows(
+    user_id: np.ndarray,
+    lengths: np.ndarray,
+    category_id: np.ndarray,
+    scores: np.ndarray,
+    totals: np.ndarray,
+) -> Interests:
+    """``Interests`` from each user's [u] list length and total, and the flat [c] lists."""
+    totals = np.repeat(totals, lengths)
+    share = np.divide(scores, totals, out=np.zeros_like(scores), where=totals > 0)
+    return Interests(np.repeat(user_id, lengths), _positions(lengths), category_id, share, scores)
 
 
 class Source(Protocol):

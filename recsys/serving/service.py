@@ -25,7 +25,7 @@ from recsys.features.read import OnlineReader, UserProfile
 from recsys.online.seed import seed_state
 from recsys.online.state import Outcome, from_us, to_us
 from recsys.online.updater import Event, OnlineUpdater
-from recsys.ranking.policy import POLICIES, Ranking
+from recsys.ranking.policy import ITEM_FIELDS, POLICIES, Ranking
 from recsys.ranking.score import cold_start
 from recsys.ranking.sources import Users
 from recsys.ranking.tables import ItemTables
@@ -273,11 +273,7 @@ class Service:
         """The response body of GET /v1/users/{user_id}/recommendations (plain JSON types)."""
         ranking = self.model.ranking
         if profile is None:
-            items = (
-                cold_start(ranking, [user_id], k)
-                .select("item_id", "score", "category_id", "source", "sources", "reason")
-                .to_dicts()
-            )
+            items = cold_start(ranking, [user_id], k).select(ITEM_FIELDS).to_dicts()
         else:
             users = Users.from_features([(user_id, profile.as_of, profile.features)])
             items = ranking.rank_users(users, k, exclude_purchased=exclude_purchased).items()
