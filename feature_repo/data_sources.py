@@ -17,10 +17,9 @@ from pathlib import Path
 
 from feast import FileSource, PushSource
 
-from recsys.features.feast_home import repo_home
+from recsys.features.feast_home import FEATURES_DIR_ENV, repo_home
 from recsys.home import HOME_ENV
 
-FEATURES_DIR_ENV = "RECSYS_FEATURES_DIR"
 DEFAULT_FEATURES_DIR = "../data/features"
 HERE = Path(__file__).resolve().parent
 

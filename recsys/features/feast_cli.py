@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from recsys.features.errors import FeatureStoreError
+from recsys.features.feast_home import FEATURES_DIR_ENV
 from recsys.home import HOME_ENV, Paths
 
 REPO_DIR = Path(__file__).resolve().parents[2] / "feature_repo"
 FEAST_YAML = "feature_store.yaml"
-FEATURES_DIR_ENV = "RECSYS_FEATURES_DIR"
 
 
 def feast_yaml_path(paths: Paths) -> Path:

@@ -16,6 +16,10 @@ from pathlib import Path
 
 from recsys.home import DEFAULT_HOME, HOME_ENV
 
+# Set by recsys while it imports the definitions for one home's exports folder; it overrides
+# the home for ``feature_repo/data_sources.py``.
+FEATURES_DIR_ENV = "RECSYS_FEATURES_DIR"
+
 
 def repo_home(repo_dir: Path) -> Path:
     """The home a feature repo folder serves: ``$RECSYS_HOME`` (a relative one is taken from

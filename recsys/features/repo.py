@@ -27,8 +27,9 @@ from feast import FeatureStore, RepoConfig
 from feast.feature_view import FeatureView
 
 from recsys.features.errors import FeatureStoreError
-from recsys.features.feast_cli import FEATURES_DIR_ENV, REPO_DIR, feast_yaml_path
+from recsys.features.feast_cli import REPO_DIR, feast_yaml_path
 from recsys.features.feast_compat import quiet
+from recsys.features.feast_home import FEATURES_DIR_ENV
 from recsys.features.online_settings import SQLITE, OnlineStoreSettings
 from recsys.features.redis_claim import claim_redis
 from recsys.home import Paths
