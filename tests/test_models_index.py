@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from recsys.models import ModelInputError
 from recsys.models import index as ix
+from recsys.ranking.frames import PAD
 
 IDS = np.array([101, 202, 303, 404, 505])
 EMB = np.array([[1, 0], [0, 1], [0.7, 0.7], [-1, 0], [0.2, 0.1]], np.float32)
@@ -79,29 +80,46 @@ def test_saved_model_round_trip_gives_identical_top_k(method, tmp_path):
         np.testing.assert_array_equal(before_ids.numpy(), ids[expected])
 
 
-def test_scann_builds_one_layer_for_several_k_and_their_prefixes_agree(monkeypatch):
+def test_scann_trains_one_searcher_for_every_k_and_finds_the_exact_neighbours():
+    # Clustered, as trained item embeddings are: ScaNN searches ~10% of its leaves.
     rng = np.random.default_rng(1)
-    emb = rng.normal(size=(3000, 8)).astype(np.float32)
-    index = ix.EmbeddingIndex(np.arange(3000) + 10, emb, method="scann")
-    built = []
-    original = ix._topk_layer
-
-    def spy(*args, **kwargs):
-        built.append(kwargs["k"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(ix, "_topk_layer", spy)
-    queries = rng.normal(size=(20, 8)).astype(np.float32)
+    centres = rng.normal(size=(30, 8)) * 3
+    emb = (centres[rng.integers(0, 30, 3000)] + rng.normal(size=(3000, 8))).astype(np.float32)
+    ids = np.arange(3000) + 10
+    index = ix.EmbeddingIndex(ids, emb, method="scann")
+    queries = (centres[rng.integers(0, 30, 20)] + rng.normal(size=(20, 8))).astype(np.float32)
     ids_5, scores_5 = index.top_k(queries, k=5)
+    searcher = index._searcher()
     ids_50, scores_50 = index.top_k(queries, k=50)
-    assert built == [ix.SCANN_LAYER_MIN_K]
+    assert index._searcher() is searcher  # trained once
     assert ids_5.shape == scores_5.shape == (20, 5) and ids_50.shape == (20, 50)
+    assert ids_5.dtype == np.int64 and scores_5.dtype == np.float32
     np.testing.assert_array_equal(ids_5, ids_50[:, :5])
     np.testing.assert_array_equal(scores_5, scores_50[:, :5])
     assert (np.diff(scores_50, axis=1) <= 0).all()
-    # A k beyond the layer's rebuilds it once for that k.
-    assert index.top_k(queries, k=300)[0].shape == (20, 300)
-    assert built == [ix.SCANN_LAYER_MIN_K, 300]
+    # Oracle: exact re-scoring makes the scores true dot products, and the approximate top 50
+    # holds nearly all of the exact one.
+    exact = queries @ emb.T
+    np.testing.assert_allclose(
+        scores_50, np.take_along_axis(exact, ids_50 - 10, axis=1), rtol=1e-5, atol=1e-5
+    )
+    truth = ids[np.argsort(-exact, axis=1)[:, :50]]
+    found = np.mean([len(np.intersect1d(a, b)) / 50 for a, b in zip(ids_50, truth, strict=True)])
+    assert found >= 0.9
+    # A k beyond what the searched leaves hold: the found items best first, then padding.
+    ids_300, scores_300 = index.top_k(queries, k=300)
+    missing = ids_300 == PAD
+    assert ids_300.shape == (20, 300) and missing.any() and (~missing[:, :50]).all()
+    assert np.isneginf(scores_300[missing]).all()
+    assert (np.diff(missing.astype(int), axis=1) >= 0).all()  # padding only at the end
+    assert all((np.diff(row[np.isfinite(row)]) <= 0).all() for row in scores_300)
+    frame = ix.search_frame(np.arange(20), queries, index, 300)
+    assert frame.height == (~missing).sum() and (frame["item_id"] != PAD).all()
+    # A batch beyond one thread's share is searched in parallel, with the same answers.
+    many = np.repeat(queries, ix.SCANN_SERIAL_QUERIES // 20 + 1, axis=0)
+    ids_many, scores_many = index.top_k(many, k=50)
+    np.testing.assert_array_equal(ids_many[:: ix.SCANN_SERIAL_QUERIES // 20 + 1], ids_50)
+    np.testing.assert_array_equal(scores_many[:: ix.SCANN_SERIAL_QUERIES // 20 + 1], scores_50)
 
 
 def test_search_frame_lists_each_users_best_items_with_their_scores():

@@ -15,7 +15,13 @@ from recsys.config import FeatureConfig
 from recsys.ranking.candidates import candidate_table
 from recsys.ranking.frames import RankingError
 from recsys.ranking.metrics import GroundTruth
-from recsys.ranking.policy import POLICIES, SIMPLE_POLICIES, Ranking, RankingSettings
+from recsys.ranking.policy import (
+    POLICIES,
+    SIMPLE_POLICIES,
+    Ranking,
+    RankingSettings,
+    policy_settings,
+)
 from recsys.ranking.profiles import (
     LONG_CATEGORIES,
     LONG_SCORES,
@@ -701,3 +707,15 @@ def test_pool_recall_counts_positives_and_novel_positives_per_source():
         "of_novel": 2,
     }
     assert pool["repeat"]["positives"] == 1 and pool["repeat"]["novel_positives"] == 0
+
+
+def test_each_policy_ranks_with_its_own_sizes_over_the_base_settings():
+    base = RankingSettings(ann_candidates=7, categories=3)
+    gbdt = policy_settings("learned_gbdt", base)
+    assert (gbdt.categories, gbdt.items_per_category, gbdt.ann_candidates) == (20, 50, 7)
+    for name in ("repeat", "blend", "learned"):
+        assert policy_settings(name, base) == base
+    # the wider pool reaches the category source the policy builds
+    ranking = Ranking(POLICIES["learned_gbdt"], CONFIG, TABLES, gbdt, ann=StubAnn())
+    category = next(s for s in ranking.sources() if s.name == "category")
+    assert (category.n_categories, category.items_per_category) == (20, 50)

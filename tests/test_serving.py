@@ -291,7 +291,8 @@ def test_exclude_purchased_policy(home):
         ("{not json", 422, "not valid JSON"),
         ({"user_id": 1, "behavior": "view"}, 422, "item_id: Field required"),
         ({"user_id": 1, "item_id": 2, "behavior": "click2"}, 422, "unknown behavior 'click2'"),
-        ({"user_id": "x", "item_id": 2, "behavior": "view"}, 422, "user_id"),
+        ({"user_id": "x" * 257, "item_id": 2, "behavior": "view"}, 422, "user_id"),
+        ({"user_id": True, "item_id": 2, "behavior": "view"}, 422, "user_id"),
         ({"user_id": 1, "item_id": 2, "behavior": "view", "colour": 1}, 422, "colour"),
         (
             {"user_id": 1, "item_id": 2, "behavior": "view", "event_time": "2999-01-01"},
@@ -321,8 +322,8 @@ def test_bad_events_get_a_clear_4xx(home, body, status, message):
     [
         ("/v1/users/1/recommendations?k=0", "k: Input should be greater than or equal to 1"),
         ("/v1/users/1/recommendations?k=1001", "k: Input should be less than or equal to 1000"),
-        ("/v1/users/abc/recommendations", "user_id"),
-        ("/v1/users/abc/interests", "user_id"),
+        (f"/v1/users/{'x' * 257}/recommendations", "user_id"),
+        (f"/v1/users/{'x' * 257}/interests", "user_id"),
     ],
 )
 def test_bad_queries_get_a_clear_422(home, url, message):

@@ -218,18 +218,18 @@ def test_a_lone_surrogate_never_reaches_the_stores():
         EventIn(user_id=1, item_id=2, behavior="view", session_id="\ud800")
 
 
-def test_ids_out_of_int64_in_paths_are_422(home):
+def test_path_ids_are_source_ids_and_overlong_ones_are_422(home):
     paths, _ = home
     with client_for(paths) as client:
-        for url in (
-            f"/v1/users/{10**20}/recommendations",
-            f"/v1/users/{10**20}/interests",
-            f"/v1/users/{-(10**20)}/recommendations",
-        ):
+        for url in (f"/v1/users/{'u' * 257}/recommendations", f"/v1/users/{'u' * 257}/interests"):
             response = client.get(url)
             assert response.status_code == 422, url
             assert "user_id" in response.json()["error"]
-        assert client.get(f"/v1/users/{2**63 - 1}/recommendations").json()["cold_start"]
+        # beyond int64 a number is a string id like any other: never seen, so a cold start
+        for user in (10**20, -(10**20), 2**63 - 1):
+            body = client.get(f"/v1/users/{user}/recommendations").json()
+            assert body["cold_start"] and body["user_id"] == str(user)
+        assert client.get(f"/v1/users/{10**20}/interests").status_code == 404
 
 
 # --- 3. bounded work per request --------------------------------------------------------------

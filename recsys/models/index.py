@@ -4,8 +4,9 @@
   or ScaNN for big catalogues); ``save_index`` / ``load_index`` round-trip it as a SavedModel
   that maps a query-feature dict to (scores [Q, k], ids [Q, k]).
 * ``EmbeddingIndex`` is what the service uses: query embedding -> top-k ids and scores
-  (NumPy matmul + argpartition for brute force, the TFRS ScaNN layer otherwise), and scoring
-  of a given candidate set (to rank merged repeat + ANN candidates).
+  (NumPy matmul + argpartition for brute force, ScaNN's own NumPy searcher otherwise, with the
+  TFRS layer's tree and re-scoring sizes), and scoring of a given candidate set (to rank merged
+  repeat + ANN candidates).
 """
 
 from __future__ import annotations
@@ -16,15 +17,21 @@ import numpy as np
 import polars as pl
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
+from scann import scann_ops_pybind
 
 import recsys  # noqa: F401  (switches TensorFlow to legacy Keras before it is imported)
 from recsys.models import ModelInputError
+from recsys.ranking.frames import PAD
 
 # Catalogues at least this big use ScaNN under method="auto".
 SCANN_MIN_ITEMS = 100_000
 METHODS = ("auto", "brute_force", "scann")
-# The service's ScaNN layer returns at least this many; smaller k slice its results.
-SCANN_LAYER_MIN_K = 256
+# ScaNN searches the scaled dot product ("dot_product"), the towers' similarity.
+SCANN_DISTANCE = "dot_product"
+# Asymmetric hashing with 2 dimensions per block (TFRS's default compression).
+SCANN_DIMENSIONS_PER_BLOCK = 2
+# Up to this many queries are searched on the calling thread (ScaNN's parallel batch size).
+SCANN_SERIAL_QUERIES = 256
 # ScaNN's custom ops live in this namespace; SavedModel refuses unknown op namespaces.
 _SAVE_OPTIONS = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
 
@@ -46,16 +53,26 @@ def _check_candidates(ids: np.ndarray, embeddings: np.ndarray, k: int) -> None:
         raise ModelInputError(f"k must be in 1..{len(ids)} (number of candidates), got {k}")
 
 
+def _scann_tree(n_items: int) -> dict[str, int]:
+    """Leaves of ~sqrt(n) candidates, searching ~10% of them (TFRS's ScaNN arguments)."""
+    leaves = max(int(np.sqrt(n_items)), 1)
+    return {"num_leaves": leaves, "num_leaves_to_search": max(leaves // 10, 1)}
+
+
+def _reordered(k: int) -> int:
+    """How many of the quantised scores' best are re-scored exactly for a top ``k``."""
+    return max(4 * k, 100)
+
+
 def _topk_layer(query_model: tf.keras.Model | None, n_items: int, *, k: int, method: str):
     if resolve_method(method, n_items) == "scann":
-        # Leaves of ~sqrt(n) candidates, searching ~10% of them, then exact re-scoring.
-        leaves = max(int(np.sqrt(n_items)), 1)
         return tfrs.layers.factorized_top_k.ScaNN(
             query_model,
             k=k,
-            num_leaves=leaves,
-            num_leaves_to_search=max(leaves // 10, 1),
-            num_reordering_candidates=max(4 * k, 100),
+            distance_measure=SCANN_DISTANCE,
+            dimensions_per_block=SCANN_DIMENSIONS_PER_BLOCK,
+            num_reordering_candidates=_reordered(k),
+            **_scann_tree(n_items),
         )
     return tfrs.layers.factorized_top_k.BruteForce(query_model, k=k)
 
@@ -105,19 +122,34 @@ class EmbeddingIndex:
         self._row = {int(i): r for r, i in enumerate(self.ids)}
         if len(self._row) != len(self.ids):
             raise ModelInputError("candidate ids must be unique")
-        self._scann: tfrs.layers.factorized_top_k.TopK | None = None
-        self._scann_k = 0
+        self._scann: scann_ops_pybind.ScannSearcher | None = None
 
     def top_k(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Best ``k`` candidates by dot product for query embeddings [Q, d] (or [d]).
 
-        Returns (ids [Q, k] int64, scores [Q, k] float32), best first.
+        Returns (ids [Q, k] int64, scores [Q, k] float32), best first. ScaNN may find fewer
+        than ``k`` in the leaves it searches: the rest of the row is id ``PAD`` with score -inf.
         """
         queries = np.atleast_2d(np.asarray(query_embeddings, np.float32))
         k = min(k, len(self.ids))
         if self.method == "scann":
-            scores, ids = self._scann_layer(k)(tf.constant(queries))
-            return ids.numpy()[:, :k], scores.numpy()[:, :k]
+            # ScaNN's NumPy searcher, not the TFRS layer: a request's one or two queries spent
+            # more time in Keras and eager dispatch than in the search itself. Batches (recsys
+            # score, evaluation) are split over threads; a request stays on its own thread.
+            searcher = self._searcher()
+            search = (
+                searcher.search_batched_parallel
+                if len(queries) > SCANN_SERIAL_QUERIES
+                else searcher.search_batched
+            )
+            rows, scores = search(
+                queries, final_num_neighbors=k, pre_reorder_num_neighbors=_reordered(k)
+            )
+            missing = np.isnan(scores)  # ScaNN pads with row 0 and a NaN distance
+            return (
+                np.where(missing, PAD, self.ids[rows]),
+                np.where(missing, -np.inf, scores).astype(np.float32),
+            )
         scores = queries @ self.embeddings.T
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         top_scores = np.take_along_axis(scores, top, axis=1)
@@ -133,30 +165,36 @@ class EmbeddingIndex:
             raise ModelInputError(f"candidate id {err.args[0]} is not in the index") from None
         return self.embeddings[rows] @ np.asarray(query_embedding, np.float32)
 
-    def _scann_layer(self, k: int) -> tfrs.layers.factorized_top_k.TopK:
-        """A ScaNN layer returning at least ``k``: built once for max(k, SCANN_LAYER_MIN_K) and
-        rebuilt only for a bigger k, since indexing a 1M-item catalogue takes seconds."""
-        if self._scann is None or k > self._scann_k:
-            self._scann_k = min(max(k, SCANN_LAYER_MIN_K), len(self.ids))
-            layer = _topk_layer(None, len(self.ids), k=self._scann_k, method="scann")
-            layer.index(tf.constant(self.embeddings), tf.constant(self.ids))
-            self._scann = layer
+    def _searcher(self) -> scann_ops_pybind.ScannSearcher:
+        """The ScaNN searcher, trained on first use (seconds for a 1M-item catalogue). Every
+        k shares it: the number of neighbours and of re-scored ones are set per search."""
+        if self._scann is None:
+            n = len(self.ids)
+            self._scann = (
+                scann_ops_pybind.builder(self.embeddings, _reordered(1), SCANN_DISTANCE)
+                .tree(**_scann_tree(n))
+                .score_ah(SCANN_DIMENSIONS_PER_BLOCK)
+                .reorder(_reordered(1))
+                .build()
+            )
         return self._scann
 
 
 def search_frame(
     user_ids: np.ndarray, queries: np.ndarray, index: EmbeddingIndex, n: int
 ) -> pl.DataFrame:
-    """(user_id, item_id, ann_score): the ``n`` best items of each query [Q, d] of ``index``."""
+    """(user_id, item_id, ann_score): the ``n`` best items of each query [Q, d] of ``index``
+    (fewer where ScaNN found fewer)."""
     if not len(user_ids):
         return pl.DataFrame(
             schema={"user_id": pl.Int64, "item_id": pl.Int64, "ann_score": pl.Float64}
         )
     ids, scores = index.top_k(queries, n)
+    found = ids.ravel() != PAD
     return pl.DataFrame(
         {
-            "user_id": np.repeat(np.asarray(user_ids, np.int64), ids.shape[1]),
-            "item_id": ids.ravel().astype(np.int64),
-            "ann_score": scores.ravel().astype(np.float64),
+            "user_id": np.repeat(np.asarray(user_ids, np.int64), ids.shape[1])[found],
+            "item_id": ids.ravel()[found],
+            "ann_score": scores.ravel()[found].astype(np.float64),
         }
     )

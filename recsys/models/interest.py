@@ -45,7 +45,13 @@ from recsys.models.data import LearnedModelError, PrivateHome
 from recsys.models.gnn import GnnConfig
 from recsys.ranking.frames import events_before
 from recsys.ranking.metrics import GroundTruth
-from recsys.ranking.policy import POLICIES, SIMPLE_POLICIES, Ranking, RankingSettings
+from recsys.ranking.policy import (
+    POLICIES,
+    SIMPLE_POLICIES,
+    Ranking,
+    RankingSettings,
+    policy_settings,
+)
 from recsys.ranking.profiles import profiles_at
 from recsys.ranking.select import (
     K_RECALL,
@@ -147,17 +153,22 @@ class InterestModel:
             }
         first, second = window_positives(events, t0, t1), window_positives(events, t1, as_of)
         truth = GroundTruth.from_frame(second.join(profiles[t1].select("user_id"), on="user_id"))
+
+        def policy(name: str, at: datetime) -> Ranking:
+            settings = policy_settings(name, c.ranking)
+            return Ranking(POLICIES[name], c.features, tables[at], settings, ann[at])
+
         validations = {}
         for name in c.policies:
-            ranking = Ranking(POLICIES[name], c.features, tables[t0], c.ranking, ann[t0])
-            ranking.fit(profiles[t0], first)
-            ranked = ranking.at(tables[t1], ann[t1]).rank(profiles[t1], K_RECALL)
+            fitted = policy(name, t0).fit(profiles[t0], first)
+            ranked = fitted.at(tables[t1], ann[t1]).rank(profiles[t1], K_RECALL)
             validations[name] = validate(ranked, truth)
         self.policy_ = choose(validations, simple=SIMPLE_POLICIES)
         self.validation_ = _recorded(validations, simple=SIMPLE_POLICIES)
-        every_source = Ranking(POLICIES["learned"], c.features, tables[t1], c.ranking, ann[t1])
+        # the widest pool: every source at the lambdarank policy's sizes
+        every_source = policy("learned_gbdt", t1)
         self.pool_ = pool_recall(every_source.candidates(profiles[t1]), second, profiles[t1])
-        final = Ranking(POLICIES[self.policy_], c.features, tables[t1], c.ranking, ann[t1])
+        final = policy(self.policy_, t1)
         self.ranking_ = final.fit(profiles[t1], second).at(tables[as_of], ann[as_of])
         self.profiles_ = profiles[as_of]
         self.retriever_ = retriever.detach()
@@ -220,7 +231,7 @@ class InterestModel:
             retriever.query_tower,
             search.index.ids,
             search.index.embeddings,
-            k=min(self.config.ranking.ann_candidates, len(search.index.ids)),
+            k=min(self.ranking_.settings.ann_candidates, len(search.index.ids)),
         )
         save_index(index, directory / INDEX_DIR, retriever.sample_query)
         retriever.encoder.save(directory)

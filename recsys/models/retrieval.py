@@ -198,7 +198,10 @@ def fit_retriever(home: PrivateHome, config) -> Retriever:
         model=result.model,
         graph=graph,
         edges={e.as_of: e for e in (edges_t0, edges_t1, edges_now)},
-        sample_query={k: v[:1] for k, v in data["validation"].query.items()},
+        # the tower's own inputs only: Keras warns about every other key when it is traced
+        sample_query={
+            k: data["validation"].query[k][:1] for k in result.model.query_model.input_names
+        },
         history=result.history,
         examples=examples.select(
             "user_id", "item_id", "label_time", "event_timestamp", "last_seq_item"

@@ -115,6 +115,21 @@ class RankingSettings:
         return dict(self.__dict__)
 
 
+# A policy's sizes where they differ from the settings every policy starts from (chosen on
+# validation days). The lambdarank ranker orders a wider category pool, 20 x 50: on the
+# validation days of the simulator (2026-01-20) and the Taobao sample (2017-12-02) it kept
+# NDCG@20 (0.2913 vs 0.2916, 0.1284 vs 0.1271) and raised Recall@50 (+0.006, +0.001) and novel
+# Recall@50 (0.221 vs 0.209, 0.0033 vs 0.0020); the logistic policies lost up to 0.0025 with it.
+POLICY_SETTINGS: dict[str, dict[str, Any]] = {
+    "learned_gbdt": {"categories": 20, "items_per_category": 50},
+}
+
+
+def policy_settings(policy: str, base: RankingSettings) -> RankingSettings:
+    """``base`` with ``policy``'s own sizes (``POLICY_SETTINGS``) over it."""
+    return replace(base, **POLICY_SETTINGS.get(policy, {}))
+
+
 @dataclass
 class Ranking:
     """One policy with its tables (and ANN search), fitted or not (module doc)."""

@@ -23,7 +23,9 @@ Endpoints (OpenAPI at /docs and /openapi.json), with the API key scope each need
   model state: "loaded: ..." or "degraded: no model"): open, no key.
 
 Keys (``recsys.serving.auth``): ``Authorization: Bearer KEY``; none is asked when the service
-has no keys, and then it listens on loopback only. Limits: ids are int64; a body over
+has no keys, and then it listens on loopback only. Ids are as in the source
+(``recsys.warehouse.ids``): int64 numbers or strings of at most 256 characters, in paths and
+bodies alike, and responses show them the same way. Limits: a body over
 ``max_body_bytes`` (1 MiB) is 413; ``Content-Type: application/json`` or 415; JSON nesting
 deeper than 200 levels, lone surrogates, ``session_id``/``event_id`` over 128 characters and
 times out of range are 422; ``k`` is at most ``max_k`` (1000) on GET and ``max_post_k`` (200)
@@ -57,8 +59,6 @@ from recsys.serving.catalogue import Catalogue
 from recsys.serving.guards import BodyLimit, RequestIds
 from recsys.serving.schemas import (
     EVENTS_BODY,
-    INT64_MAX,
-    INT64_MIN,
     ErrorOut,
     EventBatch,
     EventIn,
@@ -69,8 +69,16 @@ from recsys.serving.schemas import (
 )
 from recsys.serving.service import ModelState, Runtime
 from recsys.serving.settings import ServiceSettings, ServingError
+from recsys.warehouse.ids import MAX_ID_LENGTH
 
-UserId = Annotated[int, Path(ge=INT64_MIN, le=INT64_MAX, description="an int64 user id")]
+UserId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        description="the user id as in the source: an integer, or a string such as a UUID",
+    ),
+]
 JSON = "application/json"
 
 

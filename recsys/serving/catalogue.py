@@ -15,6 +15,7 @@ import numpy as np
 from recsys.home import Paths
 from recsys.serving.settings import ServingError
 from recsys.warehouse import connect as warehouse
+from recsys.warehouse.ids import Ids
 from recsys.warehouse.writeback import open_for_read
 
 
@@ -33,7 +34,8 @@ class Catalogue:
 
     Arrays (n = number of items): ``item_ids`` int64 [n] ascending, ``category_ids`` int64 [n],
     ``popularity`` float64 [n] (``item_stats.pop_short``). Items first seen in events posted to
-    the service are remembered with the category the event carried (``learn``).
+    the service are remembered with the category the event carried (``learn``). ``ids``: the
+    warehouse's dims (string source ids and their keys), to which the service adds its own.
     """
 
     def __init__(
@@ -42,6 +44,7 @@ class Catalogue:
         category_ids: np.ndarray,
         popularity: np.ndarray,
         migrations: dict[int, list[Migration]] | None = None,
+        ids: Ids | None = None,
     ) -> None:
         order = np.argsort(item_ids, kind="stable")
         self.item_ids = np.asarray(item_ids, dtype=np.int64)[order]
@@ -60,6 +63,7 @@ class Catalogue:
             int(c): (int(s), int(e)) for c, s, e in zip(categories, starts, ends, strict=True)
         }
         self.migrations = migrations or {}
+        self.ids = ids or Ids.empty()
         self._learned: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -111,8 +115,8 @@ class Catalogue:
 
 
 def load_catalogue(paths: Paths, *, lock_timeout_s: float) -> Catalogue:
-    """Copy ``item_stats`` and ``interest_migrations`` out of the warehouse (read-only, closed
-    before returning). Raises ``ServingError`` when the marts are missing."""
+    """Copy ``item_stats``, ``interest_migrations`` and the dims out of the warehouse
+    (read-only, closed before returning). Raises ``ServingError`` when the marts are missing."""
     if not paths.warehouse.exists():
         raise ServingError(f"no warehouse at {paths.warehouse}: run `recsys pipeline` first")
     with open_for_read(paths, lock_timeout_s=lock_timeout_s) as con:
@@ -124,11 +128,12 @@ def load_catalogue(paths: Paths, *, lock_timeout_s: float) -> Catalogue:
             "select user_id, from_category_id, to_category_id, detected_at, strength "
             "from interest_migrations order by user_id, detected_at desc"
         ).fetchall()
+        ids = Ids.load(con)
     migrations: dict[int, list[Migration]] = {}
     for user_id, from_category, to_category, detected_at, strength in rows:
         migrations.setdefault(user_id, []).append(
             Migration(from_category, to_category, detected_at, strength)
         )
     return Catalogue(
-        items["item_id"], items["category_id"], items["pop_short"], migrations=migrations
+        items["item_id"], items["category_id"], items["pop_short"], migrations=migrations, ids=ids
     )

@@ -10,7 +10,8 @@ warehouse in a background thread (every ``interval_s``, short ``writeback.open_f
 transactions), on startup and on shutdown:
 
 1. read up to ``batch`` inbox rows (in sequence order, only those the service has applied);
-2. in one DuckDB transaction insert those not already in ``events`` (natural key, via the same
+2. in one DuckDB transaction write the service's new string ids (``source_keys``, below) into
+   the dims, then insert the events not already in ``events`` (natural key, via the same
    ``event_key`` as ingest: ``recsys.warehouse.connect.EVENT_KEY``), with
    ``source_file = 'service:/v1/events'`` and ``source_line = inbox seq``; events of forgotten
    users (``forgotten_users``, ``recsys forget``) are dropped, as ingest drops them;
@@ -19,6 +20,13 @@ transactions), on startup and on shutdown:
 A crash between 2 and 3 re-drains the rows on the next start; step 2's anti-join makes that a
 no-op, so every acknowledged event reaches the warehouse exactly once. When the warehouse stays
 locked (an analyst's long read), the rows simply wait for the next round.
+
+String ids (``recsys.warehouse.ids``): a user, item or category id the service has not seen
+gets a key of the service's range from ``EventInbox.allocate`` (table ``source_keys``, one
+SQLite transaction, committed before the events that use it), so the event is applied online at
+once. The drain writes those keys into the warehouse's dims; a source id the warehouse already
+knows under another key (a file brought it meanwhile) or has tombstoned keeps the warehouse's
+key, the events are moved onto it, and ``InboxDrainer.on_remap`` tells the service.
 
 Client event ids: an event posted with an ``event_id`` is stored only when the id is new. The
 ids live in the inbox's ``event_ids`` table, written in the same transaction as the events and
@@ -29,10 +37,12 @@ after a restart too. Events without an id have only the natural key: a retry of 
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +52,7 @@ import pyarrow as pa
 from recsys.home import Paths
 from recsys.online.state import from_us
 from recsys.warehouse.connect import EVENT_KEY, FORGOTTEN_USER, WarehouseBusyError
+from recsys.warehouse.ids import DIMS, SERVICE_BASE
 from recsys.warehouse.writeback import open_for_write
 
 log = logging.getLogger(__name__)
@@ -59,15 +70,49 @@ create table if not exists event_ids (
     event_id text primary key, user_id integer not null, received_us integer not null
 ) without rowid;
 create index if not exists event_ids_by_time on event_ids (received_us);
+create table if not exists source_keys (
+    dim text not null, source_id text not null, key integer not null,
+    drained integer not null default 0,
+    primary key (dim, source_id)
+) without rowid;
 """
 
+# The service's new string ids go into the warehouse's dims; a source id the warehouse knows
+# already (a file brought it meanwhile), or has tombstoned, keeps the warehouse's key, and the
+# events are moved onto it (``remap``).
+_DIM_SQL = f"""
+insert into {{dim}}
+select k.key, k.source_id, now()::timestamp, '{SOURCE_FILE}'
+from incoming_keys k
+anti join {{dim}} d on d.source_id = k.source_id
+anti join {{dim}} used on used.key = k.key
+where k.dim = '{{dim}}' {{kept}}
+"""
+_REMAP_SQL = """
+create or replace temp table remap as
+select k.dim, k.key as from_key, d.key as to_key
+from incoming_keys k
+join (
+    select 'dim_users' as dim, key, source_id from dim_users
+    union all select 'dim_items', key, source_id from dim_items
+    union all select 'dim_categories', key, source_id from dim_categories
+    union all select 'dim_users', user_id, source_id from forgotten_users
+    where source_id is not null
+) d on d.dim = k.dim and d.source_id = k.source_id
+where d.key != k.key
+"""
+_REMAPPED = ", ".join(f"coalesce(r_{name}.to_key, n.{name}) as {name}" for name in DIMS)
+_REMAP_JOINS = " ".join(
+    f"left join remap r_{name} on r_{name}.dim = '{dim}' and r_{name}.from_key = n.{name}"
+    for name, dim in DIMS.items()
+)
 _DRAIN_SQL = f"""
 insert into events
 select n.user_id, n.item_id, n.category_id, n.behavior, n.event_time, n.session_id,
        '{SOURCE_FILE}', n.seq, now()::timestamp, n.event_key
 from (
     select *, {EVENT_KEY} as event_key
-    from incoming
+    from (select n.* replace ({_REMAPPED}) from incoming n {_REMAP_JOINS})
     qualify row_number() over (
         partition by user_id, item_id, behavior, event_time order by seq
     ) = 1
@@ -149,6 +194,50 @@ class EventInbox:
             raise
         return seqs
 
+    def allocate(self, dim: str, source_ids: list[str], floor: int) -> dict[str, int]:
+        """Keys of the service's range (``recsys.warehouse.ids``) for string ids of ``dim``,
+        in one transaction: a source id allocated before keeps its key, new ones get the next
+        keys above every key this inbox gave and above ``floor`` (the warehouse's highest key of
+        the range)."""
+        con = self.con
+        con.execute("begin immediate")
+        try:
+            for source_id in source_ids:
+                con.execute(
+                    "insert or ignore into source_keys (dim, source_id, key) "
+                    "select ?, ?, max(coalesce(max(key), ?), ?) + 1 from source_keys "
+                    "where dim = ? and key >= ?",
+                    (dim, source_id, SERVICE_BASE - 1, floor, dim, SERVICE_BASE),
+                )
+            keys = dict(
+                con.execute(
+                    "select source_id, key from source_keys where dim = ? "
+                    "and source_id in (select value from json_each(?))",
+                    (dim, json.dumps(source_ids)),
+                ).fetchall()
+            )
+            con.execute("commit")
+        except BaseException:
+            con.execute("rollback")
+            raise
+        return keys
+
+    def keys_to_drain(self, rows: list[tuple]) -> list[tuple]:
+        """(dim, source_id, key) of the service's keys not drained yet or used by ``rows``
+        (inbox rows about to be drained)."""
+        used = sorted({k for row in rows for k in row[1:4] if k >= SERVICE_BASE})
+        return self.con.execute(
+            "select dim, source_id, key from source_keys "
+            "where not drained or key in (select value from json_each(?))",
+            (json.dumps(used),),
+        ).fetchall()
+
+    def mark_drained(self, keys: list[tuple]) -> None:
+        self.con.executemany(
+            "update source_keys set drained = 1 where dim = ? and source_id = ?",
+            [(dim, source_id) for dim, source_id, _ in keys],
+        )
+
     def pending(self, *, up_to: int | None = None, limit: int | None = None) -> list[tuple]:
         """Rows (seq, user_id, item_id, category_id, behavior, event_us, session_id) in order."""
         return self.con.execute(
@@ -161,13 +250,16 @@ class EventInbox:
         self.con.execute("delete from inbox where seq <= ?", (up_to,))
 
     def forget(self, user_id: int) -> int:
-        """Delete the user's events not drained yet and their event ids; returns the number of
-        events deleted."""
+        """Delete the user's events not drained yet, their event ids and the string id the
+        service gave a key; returns the number of events deleted."""
         con = self.con
         con.execute("begin immediate")
         try:
             deleted = con.execute("delete from inbox where user_id = ?", (user_id,)).rowcount
             con.execute("delete from event_ids where user_id = ?", (user_id,))
+            con.execute(
+                "delete from source_keys where dim = ? and key = ?", (DIMS["user_id"], user_id)
+            )
             con.execute("commit")
         except BaseException:
             con.execute("rollback")
@@ -181,6 +273,20 @@ class EventInbox:
 
     def __len__(self) -> int:
         return self.con.execute("select count(*) from inbox").fetchone()[0]
+
+
+_FORGOTTEN_ID = "k.source_id in (select source_id from forgotten_users where source_id is not null)"
+
+
+def _keys_arrow(keys: list[tuple]) -> pa.Table:
+    dim, source_id, key = zip(*keys, strict=True) if keys else ((), (), ())
+    return pa.table(
+        {
+            "dim": pa.array(dim, pa.string()),
+            "source_id": pa.array(source_id, pa.string()),
+            "key": pa.array(key, pa.int64()),
+        }
+    )
 
 
 def _as_arrow(rows: list[tuple]) -> pa.Table:
@@ -226,6 +332,8 @@ class InboxDrainer:
         self.retention_s = retention_s
         self.applied = 0
         self.drained = 0
+        # called with (dim, source_id, key) when the warehouse kept its own key for a string id
+        self.on_remap: Callable[[str, str, int], None] = lambda dim, source_id, key: None
         self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -237,15 +345,28 @@ class InboxDrainer:
         moved = 0
         with self._round:
             while rows := inbox.pending(up_to=self.applied, limit=self.batch):
+                keys = inbox.keys_to_drain(rows)
                 with open_for_write(self.paths, lock_timeout_s=self.lock_timeout_s) as con:
                     con.register("incoming", _as_arrow(rows))
+                    con.register("incoming_keys", _keys_arrow(keys))
                     con.begin()
                     try:
+                        for dim in DIMS.values():
+                            kept = f"and not ({_FORGOTTEN_ID})" if dim == "dim_users" else ""
+                            con.execute(_DIM_SQL.format(dim=dim, kept=kept))
+                        con.execute(_REMAP_SQL)
+                        remapped = con.execute(
+                            "select r.dim, k.source_id, r.to_key from remap r join incoming_keys k "
+                            "on k.dim = r.dim and k.key = r.from_key"
+                        ).fetchall()
                         con.execute(_DRAIN_SQL)
                         con.commit()
                     except BaseException:
                         con.rollback()
                         raise
+                inbox.mark_drained(keys)
+                for dim, source_id, key in remapped:
+                    self.on_remap(dim, source_id, key)
                 inbox.remove(rows[-1][0])
                 moved += len(rows)
             inbox.prune_event_ids(self.retention_s)

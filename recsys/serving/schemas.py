@@ -1,12 +1,16 @@
-"""The service's request and response bodies (pydantic), as the OpenAPI schema shows them."""
+"""The service's request and response bodies (pydantic), as the OpenAPI schema shows them.
+
+Ids are as in the source (``recsys.warehouse.ids``): integers, or strings such as SKU codes;
+the service turns them into the warehouse's keys and back."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, field_validator
 
+from recsys.warehouse.ids import MAX_ID_LENGTH
 from recsys.warehouse.schema import BEHAVIOR_ALIASES, SOURCES
 
 MIN_EVENT_TIME = datetime(1995, 1, 1)
@@ -19,6 +23,26 @@ MAX_TEXT = 128
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
+def _source_id(value: Any) -> int | str:
+    """An id as in the source: an int64, or a string (``recsys.warehouse.ids``)."""
+    if isinstance(value, str):
+        if not 1 <= len(value) <= MAX_ID_LENGTH:
+            raise ValueError(f"an id string has 1 to {MAX_ID_LENGTH} characters")
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value > INT64_MAX:
+            raise ValueError(f"Input should be less than or equal to {INT64_MAX}")
+        if value < INT64_MIN:
+            raise ValueError(f"Input should be greater than or equal to {INT64_MIN}")
+        return value
+    raise ValueError("an id is an integer or a string")
+
+
+# An id as the source wrote it: an integer (int64), or a string of 1 to 256 characters (a SKU
+# code, a UUID, a category name). Responses show ids the same way.
+SourceId = Annotated[int | str, PlainValidator(_source_id, json_schema_input_type=int | str)]
+
+
 class EventIn(BaseModel):
     """One behaviour event (the canonical schema). ``category_id`` may be left out for an item
     the catalogue knows; ``event_time`` defaults to now (naive times are UTC). A client that
@@ -27,9 +51,9 @@ class EventIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: Int64
-    item_id: Int64
-    category_id: Int64 | None = None
+    user_id: SourceId
+    item_id: SourceId
+    category_id: SourceId | None = None
     behavior: str = Field(
         max_length=16, description="view | cart | fav | buy (aliases such as pv accepted)"
     )
@@ -79,8 +103,8 @@ EVENTS_BODY = TypeAdapter(EventIn | EventBatch)
 
 class EventResult(BaseModel):
     index: int
-    user_id: int
-    item_id: int
+    user_id: int | str
+    item_id: int | str
     event_id: str | None
     outcome: Literal["applied", "duplicate", "stale", "quarantined", "stored"] = Field(
         description="applied | duplicate | stale | quarantined as recsys.online.updater defines "
@@ -91,22 +115,22 @@ class EventResult(BaseModel):
 
 
 class RecommendedItem(BaseModel):
-    item_id: int
+    item_id: int | str
     score: float
-    category_id: int | None
+    category_id: int | str | None
     source: str = Field(description=f"the item's first source, one of {', '.join(SOURCES)}")
     sources: list[str] = Field(description="every source that proposed the item, first first")
     reason: str
 
 
 class MigrationOut(BaseModel):
-    from_category_id: int
-    to_category_id: int
+    from_category_id: int | str
+    to_category_id: int | str
     origin: Literal["online", "warehouse"]
 
 
 class RecommendationsOut(BaseModel):
-    user_id: int
+    user_id: int | str
     model_version: str = Field(description="the model folder that ranked, or none")
     ranker: str = Field(description="the ranking policy served (chosen on validation)")
     cold_start: bool
@@ -125,7 +149,7 @@ class EventsOut(BaseModel):
 
 
 class CategoryScore(BaseModel):
-    category_id: int
+    category_id: int | str
     score: float
     share: float
 
@@ -136,7 +160,7 @@ class MigrationDetail(MigrationOut):
 
 
 class InterestsOut(BaseModel):
-    user_id: int
+    user_id: int | str
     features_as_of: datetime | None
     short: list[CategoryScore]
     long: list[CategoryScore]

@@ -35,6 +35,7 @@ from recsys.serving.lock import ServiceLock
 from recsys.serving.schemas import EventIn, utc_now
 from recsys.serving.settings import ServiceSettings, ServingError
 from recsys.warehouse.connect import WarehouseBusyError
+from recsys.warehouse.ids import DIMS, SERVICE_BASE, Ids, as_given, source_text
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ class Service:
             model or load_model(settings),
             lock,
         )
+        drainer.on_remap = lambda dim, source_id, key: catalogue.ids.maps[dim].add(key, source_id)
         service.recover()
         drainer.start()
         return service
@@ -245,38 +247,62 @@ class Service:
             },
         }
 
-    def interests(self, user_id: int) -> dict[str, Any] | None:
-        """The body of GET /v1/users/{user_id}/interests; None for a user without features."""
-        profile = self.reader.read(user_id)
+    def interests(self, user: int | str) -> dict[str, Any] | None:
+        """The body of GET /v1/users/{user_id}/interests (``user`` as in the source); None for
+        a user without features."""
+        user_id = self.catalogue.ids.of("user_id").key(user)
+        profile = None if user_id is None else self.reader.read(user_id)
         return None if profile is None else interests_payload(self, profile)
 
-    def forget(self, user_id: int) -> dict[str, Any]:
-        """Erase the user: their events still in the inbox (with their event ids), then
-        everything ``recsys.forget.forget_user`` erases (warehouse, online store, updater state),
-        then what this process keeps of them (their warehouse migrations). The drain waits
-        meanwhile, so it cannot carry the user's events back into the warehouse."""
+    def forget(self, user: int | str) -> dict[str, Any]:
+        """Erase the user (as in the source): their events still in the inbox (with their event
+        ids), then everything ``recsys.forget.forget_user`` erases (warehouse, online store,
+        updater state), then what this process keeps of them (their warehouse migrations, their
+        string id). The drain runs first, so the warehouse knows every key this service gave,
+        then waits, so it cannot carry the user's events back into the warehouse."""
         from recsys.forget import forget_user
 
+        users = self.catalogue.ids.of("user_id")
+        user_id = users.key(user)
+        if user_id is not None and user_id >= SERVICE_BASE:
+            self.drainer.drain(self.inbox)
         with self.drainer.paused():
-            dropped = self.inbox.forget(user_id)
-            report = forget_user(self.settings.paths, user_id, online=self.settings.online)
-        self.catalogue.migrations.pop(user_id, None)
-        log.info("forgot user %d (%d events had not reached the warehouse yet)", user_id, dropped)
+            dropped = 0 if user_id is None else self.inbox.forget(user_id)
+            report = forget_user(self.settings.paths, as_given(user), online=self.settings.online)
+        if user_id is not None:
+            self.catalogue.migrations.pop(user_id, None)
+            users.drop(user_id)
+        log.info("forgot user %s (%d events had not reached the warehouse yet)", user, dropped)
         return report.to_dict()
 
-    def recommendations(self, user_id: int, k: int, exclude_purchased: bool) -> dict[str, Any]:
-        return self.recommend(user_id, self.reader.read(user_id), k, exclude_purchased)
+    def recommendations(self, user: int | str, k: int, exclude_purchased: bool) -> dict[str, Any]:
+        """The body of GET /v1/users/{user_id}/recommendations (``user`` as in the source; a
+        user never seen gets the cold start)."""
+        user_id = self.catalogue.ids.of("user_id").key(user)
+        profile = None if user_id is None else self.reader.read(user_id)
+        return self.recommend(user, user_id, profile, k, exclude_purchased)
 
     def recommend(
-        self, user_id: int, profile: UserProfile | None, k: int, exclude_purchased: bool
+        self,
+        user: int | str,
+        user_id: int | None,
+        profile: UserProfile | None,
+        k: int,
+        exclude_purchased: bool,
     ) -> dict[str, Any]:
-        """The response body of GET /v1/users/{user_id}/recommendations (plain JSON types)."""
+        """The response body of GET /v1/users/{user_id}/recommendations (plain JSON types, ids
+        as in the source): ``user`` as asked, ``user_id`` its key (None: never seen)."""
         ranking = self.model.ranking
-        if profile is None:
-            items = cold_start(ranking, [user_id], k).select(ITEM_FIELDS).to_dicts()
+        if profile is None or user_id is None:
+            # the rows' user column is dropped: -1 stands for a user without a key
+            items = cold_start(ranking, [-1], k).select(ITEM_FIELDS).to_dicts()
         else:
             users = Users.from_features([(user_id, profile.as_of, profile.features)])
             items = ranking.rank_users(users, k, exclude_purchased=exclude_purchased).items()
+        ids = self.catalogue.ids
+        for item in items:
+            item["item_id"] = ids.shown("item_id", item["item_id"])
+            item["category_id"] = ids.shown("category_id", item["category_id"])
         migration = (
             None
             if profile is None
@@ -285,7 +311,7 @@ class Service:
             )
         )
         return {
-            "user_id": user_id,
+            "user_id": user if user_id is None else ids.shown("user_id", user_id),
             "model_version": self.model.version,
             "ranker": ranking.spec.name,
             "cold_start": profile is None,
@@ -293,8 +319,8 @@ class Service:
             "migration": None
             if migration is None
             else {
-                "from_category_id": migration.from_category_id,
-                "to_category_id": migration.to_category_id,
+                "from_category_id": ids.shown("category_id", migration.from_category_id),
+                "to_category_id": ids.shown("category_id", migration.to_category_id),
                 "origin": migration.origin,
             },
             "items": items,
@@ -317,12 +343,13 @@ class Service:
             try:
                 payload["recommendations"] = [
                     self.recommend(
-                        user,
-                        profile if profile is not None else self.reader.read(user),
+                        user_id,
+                        user_id,
+                        profile if profile is not None else self.reader.read(user_id),
                         recommend_k,
                         exclude_purchased,
                     )
-                    for user, profile in profiles.items()
+                    for user_id, profile in profiles.items()
                 ]
             except Exception as exc:
                 log.exception("recommendations after a post failed")
@@ -337,11 +364,16 @@ class Service:
         now = utc_now()
         results: list[dict[str, Any] | None] = [None] * len(events)
         stored: list[tuple[int, InboxEvent]] = []
+        self._allocate(events)
+        ids = self.catalogue.ids
         for index, e in enumerate(events):
+            user_id, item_id = ids.of("user_id").key(e.user_id), ids.of("item_id").key(e.item_id)
             category = e.category_id
-            if category is None:
-                category = self.catalogue.category_of(e.item_id)
-            if category is None:
+            if category is not None:
+                category = ids.of("category_id").key(category)
+            elif item_id is not None:
+                category = self.catalogue.category_of(item_id)
+            if category is None or item_id is None or user_id is None:
                 reason = f"unknown item {e.item_id} without a category_id (not in item_stats)"
                 self.updater.state.quarantine(_event(e, now, None), reason)
                 results[index] = _result(index, e, Outcome.QUARANTINED.value, reason)
@@ -351,8 +383,8 @@ class Service:
                 (
                     index,
                     InboxEvent(
-                        e.user_id,
-                        e.item_id,
+                        user_id,
+                        item_id,
                         category,
                         e.behavior,
                         event_us,
@@ -385,6 +417,29 @@ class Service:
         if new:  # drained from here on (a failed update is not retried: the build has it)
             self.drainer.applied = new[-1]
         return [r for r in results if r is not None], profiles
+
+    def _allocate(self, events: list[EventIn]) -> None:
+        """Give the string ids of ``events`` that neither the warehouse nor this service has
+        seen their keys (``EventInbox.allocate``), except the item of an event that will be
+        quarantined (an unknown item without a category)."""
+        ids = self.catalogue.ids
+        new: dict[str, set[str]] = {column: set() for column in DIMS}
+        for e in events:
+            for column, value in (
+                ("user_id", e.user_id),
+                ("item_id", e.item_id if e.category_id is not None else None),
+                ("category_id", e.category_id),
+            ):
+                if value is not None and ids.of(column).key(value) is None:
+                    new[column].add(source_text(value))
+        for column, source_ids in new.items():
+            if not source_ids:
+                continue
+            known = ids.of(column)
+            for source_id, key in self.inbox.allocate(
+                DIMS[column], sorted(source_ids), known.service_top
+            ).items():
+                known.add(key, source_id)
 
     def _apply(self, s: InboxEvent, profiles: dict[int, UserProfile | None]) -> tuple[str, str]:
         """Apply one stored event online; records the user's fresh profile in ``profiles``."""
@@ -463,10 +518,17 @@ def _result(index: int, e: EventIn, outcome: str, reason: str) -> dict[str, Any]
     }
 
 
-def _profile_interests(profile: UserProfile, horizon: str) -> list[dict[str, Any]]:
+def _profile_interests(profile: UserProfile, horizon: str, ids: Ids) -> list[dict[str, Any]]:
     pairs = profile.short_interests if horizon == "short" else profile.long_interests
     total = profile.get(f"interest_total_{horizon}", 0.0) or sum(s for _, s in pairs)
-    return [{"category_id": c, "score": s, "share": s / total if total else 0.0} for c, s in pairs]
+    return [
+        {
+            "category_id": ids.shown("category_id", c),
+            "score": s,
+            "share": s / total if total else 0.0,
+        }
+        for c, s in pairs
+    ]
 
 
 SHIFT_FIELDS = (
@@ -481,14 +543,16 @@ SHIFT_FIELDS = (
 
 
 def interests_payload(service: Service, profile: UserProfile) -> dict[str, Any]:
+    """The body of GET /v1/users/{user_id}/interests, ids as in the source."""
     settings = service.settings
+    ids = service.catalogue.ids
     migrations: list[dict[str, Any]] = []
     online = current_migration(profile, service.catalogue, timedelta(0))
     if online is not None and online.origin == "online":
         migrations.append(
             {
-                "from_category_id": online.from_category_id,
-                "to_category_id": online.to_category_id,
+                "from_category_id": ids.shown("category_id", online.from_category_id),
+                "to_category_id": ids.shown("category_id", online.to_category_id),
                 "origin": "online",
                 "detected_at": profile.as_of,
                 "strength": None,
@@ -498,8 +562,8 @@ def interests_payload(service: Service, profile: UserProfile) -> dict[str, Any]:
         since = profile.as_of - timedelta(hours=settings.migration_window_hours)
         migrations.extend(
             {
-                "from_category_id": m.from_category_id,
-                "to_category_id": m.to_category_id,
+                "from_category_id": ids.shown("category_id", m.from_category_id),
+                "to_category_id": ids.shown("category_id", m.to_category_id),
                 "origin": "warehouse",
                 "detected_at": m.detected_at,
                 "strength": m.strength,
@@ -507,10 +571,10 @@ def interests_payload(service: Service, profile: UserProfile) -> dict[str, Any]:
             for m in service.catalogue.recent_migrations(profile.user_id, since)
         )
     return {
-        "user_id": profile.user_id,
+        "user_id": ids.shown("user_id", profile.user_id),
         "features_as_of": profile.as_of,
-        "short": _profile_interests(profile, "short"),
-        "long": _profile_interests(profile, "long"),
-        "shift": {name: profile.get(name) for name in SHIFT_FIELDS},
+        "short": _profile_interests(profile, "short", ids),
+        "long": _profile_interests(profile, "long", ids),
+        "shift": {name: ids.shown(name, profile.get(name)) for name in SHIFT_FIELDS},
         "migrations": migrations,
     }

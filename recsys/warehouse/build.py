@@ -42,6 +42,7 @@ from recsys.config import FeatureConfig
 from recsys.home import Paths
 from recsys.warehouse import exports
 from recsys.warehouse.connect import DEFAULT_LOCK_TIMEOUT_S, connect
+from recsys.warehouse.ids import create_source_id_views
 from recsys.warehouse.schema import BEHAVIORS
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
@@ -390,6 +391,7 @@ def build(
             if step:
                 step(f"mart {mart.name}")
         con.execute("reset search_path")
+        create_source_id_views(con)
         seconds["marts"] = time.perf_counter() - started
         export_rows: dict[str, int] = {}
         times: list[datetime] = []

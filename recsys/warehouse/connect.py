@@ -9,9 +9,12 @@ Base tables (written by ``recsys ingest``):
   cheaply; every writer of ``events`` computes it with ``EVENT_KEY``.
 - ``quarantine_events``: one row per rejected source row (source_file, line, raw text, reason).
 - ``ingested_files``: one row per ingest call, with its counts.
-- ``forgotten_users``: the tombstones of users whose data was erased (``recsys forget``). Every
-  writer of ``events`` and ``quarantine_events`` skips their rows (``FORGOTTEN_USER``,
-  ``raw_user_ids``), so re-ingesting a source file does not bring them back.
+- ``forgotten_users``: the tombstones of users whose data was erased (``recsys forget``), by key
+  and, for a string id, by ``source_id``. Every writer of ``events`` and ``quarantine_events``
+  skips their rows (``FORGOTTEN_USER``, ``FORGOTTEN_SOURCE``, ``mentions_forgotten``), so
+  re-ingesting a source file does not bring them back.
+- ``dim_users``, ``dim_items``, ``dim_categories``: string source ids and their keys
+  (``recsys.warehouse.ids``).
 
 DuckDB allows one writer process at a time, and a reader locks writers out of the file while
 it is open. ``connect`` therefore waits for a lock held by another process (up to
@@ -32,6 +35,7 @@ import duckdb
 import polars as pl
 
 from recsys.home import Paths
+from recsys.warehouse.ids import DIMS_DDL
 
 DEFAULT_LOCK_TIMEOUT_S = 30.0
 _LOCK_CONFLICT = "Could not set lock on file"
@@ -41,7 +45,8 @@ T = TypeVar("T")
 NATURAL_KEY = ("user_id", "item_id", "behavior", "event_time")
 EVENT_KEY = f"hash({', '.join(NATURAL_KEY)})"
 
-BASE_TABLES_DDL = """
+BASE_TABLES_DDL = (
+    """
 create table if not exists events (
     user_id bigint not null,
     item_id bigint not null,
@@ -74,18 +79,35 @@ create table if not exists ingested_files (
 );
 create table if not exists forgotten_users (
     user_id bigint primary key,
-    forgotten_at timestamp not null
+    forgotten_at timestamp not null,
+    source_id varchar
 );
+-- warehouses created before string ids
+alter table forgotten_users add column if not exists source_id varchar;
 """
-# SQL condition on a ``user_id`` column: the user has been forgotten.
+    + DIMS_DDL
+)
+# SQL conditions on a ``user_id`` key column / a ``user_id_sid`` string id column: the user has
+# been forgotten.
 FORGOTTEN_USER = "user_id in (select user_id from forgotten_users)"
+FORGOTTEN_SOURCE = (
+    "user_id_sid in (select source_id from forgotten_users where source_id is not null)"
+)
 
 
-def raw_user_ids(raw: str) -> str:
-    """SQL: the integers among the comma-separated fields of the text column ``raw`` (a source
-    row as quarantined), spaces and quotes trimmed; a row mentions a user when these hold the
-    user's id. The user column's position is not known for every format, so any field counts."""
-    return f"list_transform(string_split({raw}, ','), lambda f: try_cast(trim(f, ' \"') as bigint))"
+def raw_fields(raw: str) -> str:
+    """SQL: the comma-separated fields of the text column ``raw`` (a source row as quarantined),
+    spaces and quotes trimmed; a row mentions a user when a field is the user's id. The user
+    column's position is not known for every format, so any field counts."""
+    return f"list_transform(string_split({raw}, ','), lambda f: trim(f, ' \"'))"
+
+
+def mentions_forgotten(raw: str) -> str:
+    """SQL condition: the quarantined row ``raw`` mentions a forgotten user (``raw_fields``)."""
+    return (
+        f"exists (select 1 from unnest({raw_fields(raw)}) as f(field), forgotten_users u "
+        "where try_cast(f.field as bigint) = u.user_id or f.field = u.source_id)"
+    )
 
 
 class WarehouseBusyError(RuntimeError):

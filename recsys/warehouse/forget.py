@@ -8,7 +8,9 @@ In the warehouse, in ONE transaction under the write lock every writer takes
 - the user's rows leave every base table with a ``user_id`` column, found in the catalog:
   ``events``, the marts, the build's materialised ``live`` tables, ``recommendations`` (the
   counts of the runs that listed the user are lowered to match);
-- quarantined source rows whose raw text mentions the id (``raw_user_ids``) are deleted.
+- quarantined source rows whose raw text mentions the id (``raw_fields``) are deleted;
+- a string id's row of ``dim_users`` is deleted; the tombstone keeps the id (and its key),
+  which is what stops the id from coming back.
 
 Parquet files (the Feast exports, the embedding files, simulated logs, ...) are rewritten without
 the user's rows, each through a temporary file and an atomic rename.
@@ -29,7 +31,8 @@ import duckdb
 import polars as pl
 
 from recsys.home import Paths
-from recsys.warehouse.connect import DEFAULT_LOCK_TIMEOUT_S, connect, raw_user_ids
+from recsys.warehouse.connect import DEFAULT_LOCK_TIMEOUT_S, connect, raw_fields
+from recsys.warehouse.ids import DIMS, allocate_sql, key_of, source_text
 from recsys.warehouse.schema import SOURCES
 
 USER_COLUMN = "user_id"
@@ -37,16 +40,21 @@ TOMBSTONES = "forgotten_users"
 
 
 def forget_in_warehouse(
-    paths: Paths, user_id: int, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
-) -> dict[str, int]:
-    """Tombstone the user and delete their rows (module doc); returns rows deleted per table
-    (``schema.table`` outside ``main``), every searched table included."""
+    paths: Paths, user: int | str, *, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+) -> tuple[int, dict[str, int]]:
+    """Tombstone the user (an id as in the source) and delete their rows (module doc); returns
+    the user's key and the rows deleted per table (``schema.table`` outside ``main``), every
+    searched table included. A string id never seen gets a key, tombstoned at once, so that
+    no later ingest or post brings it in."""
     con = connect(paths, lock_timeout_s=lock_timeout_s)
     try:
         con.begin()
         try:
+            user_id, source_id = _user_key(con, user)
             con.execute(
-                f"insert or ignore into {TOMBSTONES} values (?, now()::timestamp)", [user_id]
+                f"insert or ignore into {TOMBSTONES} (user_id, forgotten_at, source_id) "
+                "values (?, now()::timestamp, ?)",
+                [user_id, source_id],
             )
             tables = _user_tables(con)
             if ("main", "recommendations") in tables:
@@ -59,10 +67,19 @@ def forget_in_warehouse(
                 )
                 for schema, name in tables
             }
+            fields = raw_fields("raw")
+            mentioned = (
+                f"list_contains(list_transform({fields}, lambda f: try_cast(f as bigint)), ?)"
+                if source_id is None
+                else f"list_contains({fields}, ?)"
+            )
             removed["quarantine_events"] = _deleted(
                 con,
-                f"delete from quarantine_events where list_contains({raw_user_ids('raw')}, ?)",
-                user_id,
+                f"delete from quarantine_events where {mentioned}",
+                user_id if source_id is None else source_id,
+            )
+            removed[DIMS["user_id"]] = _deleted(
+                con, f"delete from {DIMS['user_id']} where key = ?", user_id
             )
             con.commit()
         except BaseException:
@@ -70,7 +87,29 @@ def forget_in_warehouse(
             raise
     finally:
         con.close()
-    return removed
+    return user_id, removed
+
+
+def _user_key(con: duckdb.DuckDBPyConnection, user: int | str) -> tuple[int, str | None]:
+    """The user's key and string id (None for an integer id); a string id the dim lacks gets
+    its key here (``allocate_sql``), in the caller's transaction."""
+    key = key_of(user)
+    if key is not None:
+        return key, None
+    source_id = source_text(user)
+    forgotten = con.execute(
+        f"select user_id from {TOMBSTONES} where source_id = ?", [source_id]
+    ).fetchone()
+    if forgotten:
+        return forgotten[0], source_id
+    con.execute(
+        "create or replace temp table new_ids as select ? as source_id, 0 as first", [source_id]
+    )
+    con.execute(allocate_sql(DIMS["user_id"]), ["recsys forget"])
+    (key,) = con.execute(
+        f"select key from {DIMS['user_id']} where source_id = ?", [source_id]
+    ).fetchone()
+    return key, source_id
 
 
 def _user_tables(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:

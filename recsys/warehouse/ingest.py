@@ -13,6 +13,10 @@ Formats:
 Rules:
 
 - Rows are read by DuckDB in bounded memory (spilling under the home's ``tmp/``).
+- Ids: an id that reads as an integer from -1 to 2^52 - 1 is its own key; any other id (a SKU
+  code, a UUID, a name) is a string id, keyed through ``dim_users``, ``dim_items`` or
+  ``dim_categories`` (``recsys.warehouse.ids``): the keys of new ids are allocated in the
+  transaction that writes the events, and an id seen before keeps its key.
 - A row that cannot be parsed or fails validation is kept in ``quarantine_events`` with the
   source file, its line (CSV: physical line number, header included; Parquet: 1-based row
   number), the raw text and a reason; ingest goes on.
@@ -43,10 +47,19 @@ from recsys.warehouse.connect import (
     BASE_TABLES_DDL,
     DEFAULT_LOCK_TIMEOUT_S,
     EVENT_KEY,
+    FORGOTTEN_SOURCE,
     FORGOTTEN_USER,
-    raw_user_ids,
+    mentions_forgotten,
     retry_on_lock,
     table_exists,
+)
+from recsys.warehouse.ids import (
+    DIMS,
+    INTEGER_ID,
+    KEY_BASE,
+    MAX_ID_LENGTH,
+    allocate_sql,
+    create_source_id_views,
 )
 from recsys.warehouse.schema import (
     BEHAVIOR_ALIASES,
@@ -203,7 +216,7 @@ class Column:
 @dataclass(frozen=True)
 class Staging:
     header_lines: int  # lines before the first record
-    user_id: Column  # ids as in the source; checking makes them exact BIGINTs
+    user_id: Column  # ids as in the source; checking makes them keys or string ids
     item_id: Column
     category_id: Column
     behavior: str  # as written in the source; aliases are resolved when checking
@@ -253,14 +266,16 @@ def _read_retailrocket(con, source: Path, _mapping, props: list[Path]) -> Stagin
     if not props:
         return staging
     # Snapshot rows whose item, time or category is unusable are skipped: they name no
-    # category an event could be given.
+    # category an event could be given. Items match by their integer (`42.0` is `42`) or,
+    # for string ids, their text; categories are ids like any other (checked with the events).
+    item_key = f"coalesce({_integer(Column('itemid'))}::varchar, itemid)"
     con.execute(
         f"""
         create temp table item_category as
         select * from (
-            select {_integer(Column("itemid"))} as item_id,
+            select {item_key} as item_id,
                    {_from_epoch_us(epoch_us.format(""))} as valid_from,
-                   {_integer(Column("value"))} as category_id
+                   nullif(value, '') as category_id
             from read_csv(?, header=true, auto_detect=false,
                           columns={{'timestamp': 'VARCHAR', 'itemid': 'VARCHAR',
                                     'property': 'VARCHAR', 'value': 'VARCHAR'}})
@@ -277,9 +292,9 @@ def _read_retailrocket(con, source: Path, _mapping, props: list[Path]) -> Stagin
         f"""
         create temp view source as
         select s.* exclude (ordinal, item_key, event_at),
-               coalesce(c.category_id, f.category_id, {UNKNOWN_CATEGORY}) as resolved_category
+               coalesce(c.category_id, f.category_id, '{UNKNOWN_CATEGORY}') as resolved_category
         from (
-            select *, rowid as ordinal, {_integer(Column("itemid"))} as item_key,
+            select *, rowid as ordinal, {item_key} as item_key,
                    {_from_epoch_us(epoch_us.format(""))} as event_at
             from events_in_order
         ) s
@@ -289,7 +304,7 @@ def _read_retailrocket(con, source: Path, _mapping, props: list[Path]) -> Stagin
         order by s.ordinal
         """
     )
-    return replace(staging, category_id=Column("s.resolved_category", "BIGINT"))
+    return replace(staging, category_id=Column("s.resolved_category"))
 
 
 def _read_csv_mapped(con, source: Path, mapping: dict[str, str], _props) -> Staging:
@@ -419,6 +434,38 @@ def _from_epoch_us(us: str) -> str:
     )
 
 
+def _integer_id(value: Column) -> str:
+    """SQL: the id as an integer when it is written as ``INTEGER_ID`` or held by a numeric
+    column (a float only when whole); else NULL."""
+    if value.type in _TEXT_TYPES:
+        return (
+            f"case when regexp_matches({value.sql}, '{INTEGER_ID}') "
+            f"then try_cast({value.sql} as bigint) end"
+        )
+    if value.type.startswith(_INTEGER_TYPES + _FRACTIONAL_TYPES):
+        return _integer(value)
+    return "null::bigint"
+
+
+def _own_key(integer: str) -> str:
+    """SQL condition: the integer id ``integer`` is its own key (``recsys.warehouse.ids``)."""
+    return f"{integer} between -1 and {KEY_BASE - 1}"
+
+
+def _string_id(value: Column, integer: str) -> str:
+    """SQL: the id as a string id, exactly as written, when it is not its own key (its integer:
+    ``integer``); NULL when blank, or a float (a fractional id is a data error, not a code)."""
+    if value.type.startswith(_FRACTIONAL_TYPES):
+        return "null::varchar"
+    text = f"{value.sql}::varchar"
+    # ascii() reads one byte: only the rare id that starts with a space or a control character
+    # pays for the blank check
+    return (
+        f"case when coalesce({_own_key(integer)}, false) or {text} = '' then null "
+        f"when ascii({text}) > 32 or not regexp_matches({text}, '^\\s*$') then {text} end"
+    )
+
+
 def _integer(value: Column) -> str:
     """SQL: the value as an exact BIGINT; NULL unless it is an integer within BIGINT's range.
 
@@ -454,11 +501,16 @@ def _concat(columns: Iterable[str]) -> str:
 
 
 def _id_reason(name: str) -> str:
-    """Reason clauses for an id that is not an exact BIGINT (its source value: `{name}_src`)."""
+    """Reason clauses for an id that is neither its own key nor a string id (its source value:
+    `{name}_src`), or too long."""
     text = f"{name}_src::varchar"
     return (
-        f"when {name} is null and coalesce(trim({text}), '') = '' then '{name} is missing' "
-        f"when {name} is null then '{name} is not a 64-bit integer: ''' || {text} || '''' "
+        f"when {name} is null and {name}_sid is null and coalesce(trim({text}), '') = '' "
+        f"then '{name} is missing' "
+        f"when {name} is null and {name}_sid is null "
+        f"then '{name} is a float, not an exact integer id: ''' || {text} || '''' "
+        f"when length({name}_sid) > {MAX_ID_LENGTH} "
+        f"then '{name} is longer than {MAX_ID_LENGTH} characters' "
     )
 
 
@@ -486,7 +538,8 @@ def _validate(con, staging: Staging) -> int:
     """Check every record, reading the source once.
 
     Creates temp table `checked`: every record in file order (DuckDB keeps insertion order, so
-    a record's rowid is its ordinal), with the hash of its natural key and, when invalid, a
+    a record's rowid is its ordinal): its own keys or string ids (``{name}_sid``), the hash
+    of its natural key in source ids (``source_key``) and, when invalid, a
     reason and its raw text (built for bad records only). Then temp table `raw_rejects` (line,
     raw, reason: records the reader itself could not parse), temp view `numbered` (`checked`
     with each record's physical line) and temp table `bad` (line, raw, reason) for the
@@ -498,6 +551,13 @@ def _validate(con, staging: Staging) -> int:
         "MAP {"
         + ", ".join(f"{_sql_str(k)}: {_sql_str(v)}" for k, v in BEHAVIOR_ALIASES.items())
         + "}"
+    )
+    ids = {name: replace(getattr(staging, name), sql=f"{name}_src") for name in DIMS}
+    integers = ", ".join(f"{_integer_id(value)} as {name}_int" for name, value in ids.items())
+    keys = ", ".join(
+        f"case when {_own_key(f'{name}_int')} then {name}_int end as {name}, "
+        f"{_string_id(value, f'{name}_int')} as {name}_sid"
+        for name, value in ids.items()
     )
     con.execute(
         f"""
@@ -511,16 +571,13 @@ def _validate(con, staging: Staging) -> int:
             from source s
         ),
         typed as (
-            select *, {_integer(replace(staging.user_id, sql="user_id_src"))} as user_id,
-                   {_integer(replace(staging.item_id, sql="item_id_src"))} as item_id,
-                   {_integer(replace(staging.category_id, sql="category_id_src"))}
-                       as category_id,
+            select *, {integers},
                    coalesce(parsed_time, {_from_epoch_us("epoch_us")}) as event_time
             from sourced
         ),
         canonical as (
             select
-                *,
+                *, {keys},
                 coalesce(
                     {aliases}[source_behavior], {aliases}[lower(trim(source_behavior))]
                 ) as behavior
@@ -530,8 +587,11 @@ def _validate(con, staging: Staging) -> int:
             select *, {_REASON} as reason from canonical
         ),
         final as (
-            select user_id, item_id, category_id, behavior, event_time, session_id,
-                   {EVENT_KEY} as event_key, reason,
+            select user_id, user_id_sid, item_id, item_id_sid, category_id, category_id_sid,
+                   behavior, event_time, session_id,
+                   hash(user_id, user_id_sid, item_id, item_id_sid, behavior, event_time)
+                       as source_key,
+                   reason,
                    case when reason is not null then {staging.raw} end as raw
             from reasoned
         )
@@ -606,6 +666,7 @@ def _commit(
     rejected = _scalar(con, "select count(*) from raw_rejects")
     # Duplicates are found through a 64-bit hash of the natural key; rows whose hashes match
     # are then compared on the full key, so a hash collision never drops a distinct event.
+    # Within the file the key is in source ids (one source id is one key).
     con.execute("create temp view staged as select * from numbered where reason is null")
     valid = _scalar(con, "select count(*) from staged")
     con.execute(
@@ -613,13 +674,19 @@ def _commit(
         create temp table duplicate_ordinals as
         select ordinal from (
             select ordinal, row_number() over (
-                partition by user_id, item_id, behavior, event_time order by ordinal
+                partition by user_id, user_id_sid, item_id, item_id_sid, behavior, event_time
+                order by ordinal
             ) as occurrence
             from staged
-            where event_key in (select event_key from staged group by 1 having count(*) > 1)
+            where source_key in (select source_key from staged group by 1 having count(*) > 1)
         ) where occurrence > 1
         """
     )
+    string_ids = [
+        name
+        for name in DIMS
+        if _scalar(con, f"select exists (select 1 from staged where {name}_sid is not null)")
+    ]
     retry_on_lock(
         lambda: con.execute("attach ? as wh", [str(paths.warehouse)]),
         paths.warehouse,
@@ -629,23 +696,26 @@ def _commit(
     con.execute("begin transaction")
     try:
         con.execute(BASE_TABLES_DDL)
+        _resolve(con, source, string_ids)
+        create_source_id_views(con)
         con.execute(
             """
             insert into temp.duplicate_ordinals
-            select n.ordinal from temp.staged n join events e on e.event_key = n.event_key
+            select n.ordinal from temp.resolved n join events e on e.event_key = n.event_key
             where e.user_id = n.user_id and e.item_id = n.item_id
               and e.behavior = n.behavior and e.event_time = n.event_time
             """
         )
         # Forgotten users stay forgotten: their rows are not loaded, and bad rows that mention
         # one are not quarantined with their raw text.
-        forgotten_valid = _scalar(con, f"select count(*) from temp.staged where {FORGOTTEN_USER}")
+        forgotten_valid = _scalar(
+            con,
+            f"select count(*) from temp.staged where {FORGOTTEN_USER} or {FORGOTTEN_SOURCE}",
+        )
         con.execute(
             f"""
             create temp table forgotten_lines as
-            select distinct line
-            from (select line, unnest({raw_user_ids("raw")}) as user_id from temp.bad)
-            where {FORGOTTEN_USER}
+            select distinct line from temp.bad where {mentions_forgotten("raw")}
             """
         )
         forgotten_bad = _scalar(con, "select count(*) from temp.forgotten_lines")
@@ -655,7 +725,7 @@ def _commit(
             insert into events
             select n.user_id, n.item_id, n.category_id, n.behavior, n.event_time,
                    n.session_id, ?, n.line, now()::timestamp, n.event_key
-            from temp.staged n anti join temp.duplicate_ordinals d on d.ordinal = n.ordinal
+            from temp.resolved n anti join temp.duplicate_ordinals d on d.ordinal = n.ordinal
             where not {FORGOTTEN_USER}
             """,
             [str(source)],
@@ -694,6 +764,46 @@ def _commit(
         con.execute("use memory")
         con.execute("detach wh")
     return counts
+
+
+def _resolve(con, source: Path, string_ids: list[str]) -> None:
+    """Inside the warehouse's transaction: give the new string ids of the columns
+    ``string_ids`` their keys (in file order), then create temp view `resolved`: `staged` with
+    every id a key, and ``event_key``; rows of forgotten string users are left out (their ids
+    get no key). Only the columns with string ids join their keys: integer sources pay nothing
+    for the dims. A view, not a table: copying every row once more costs more than its two
+    reads (the duplicate check and the insert)."""
+    joins, keyed = [], []
+    for name in string_ids:
+        forgotten = f"and not {FORGOTTEN_SOURCE}" if name == "user_id" else ""
+        con.execute(
+            f"""
+            create or replace temp table new_ids as
+            select {name}_sid as source_id, min(ordinal) as first
+            from temp.staged where {name}_sid is not null {forgotten} group by 1
+            """
+        )
+        con.execute(allocate_sql(DIMS[name]), [str(source)])
+        con.execute(
+            f"""
+            create temp table keys_{name} as
+            select d.key, d.source_id from {DIMS[name]} d
+            semi join temp.new_ids n on n.source_id = d.source_id
+            """
+        )
+        joins.append(f"left join temp.keys_{name} k_{name} on k_{name}.source_id = s.{name}_sid")
+        keyed.append(f"coalesce(s.{name}, k_{name}.key) as {name}")
+    kept = (
+        f"where s.user_id_sid is null or not {FORGOTTEN_SOURCE}" if "user_id" in string_ids else ""
+    )
+    replaced = f" replace ({', '.join(keyed)})" if keyed else ""
+    con.execute(
+        f"""
+        create temp view resolved as
+        select *, {EVENT_KEY} as event_key
+        from (select s.*{replaced} from temp.staged s {" ".join(joins)} {kept})
+        """
+    )
 
 
 # --- helpers --------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ Tables in ``DIR/warehouse.duckdb``:
   ``recsys.warehouse.schema.SOURCES``), reason (short, for people), model_version,
   generated_at.
 - ``latest_recommendations``: a view of the rows of the newest complete run.
+- ``source_ids.recommendations``, ``source_ids.latest_recommendations``: the same, with every
+  id as it was in the source (``recsys.warehouse.ids.create_source_id_views``).
 
 A run is written in one transaction: its rows, its ``recommendation_runs`` row and the pruning
 of runs beyond the newest ``retention`` commit together or not at all, so a crash mid-write
@@ -62,6 +64,7 @@ import pyarrow as pa
 from recsys.home import Paths
 from recsys.warehouse import connect as warehouse
 from recsys.warehouse.connect import DEFAULT_LOCK_TIMEOUT_S, retry_on_lock
+from recsys.warehouse.ids import create_source_id_views
 from recsys.warehouse.schema import SOURCES
 
 if TYPE_CHECKING:
@@ -429,6 +432,7 @@ def write_run(
                     + [ranker, validation_json, metrics_json],
                 )
                 pruned = prune_runs(con, retention)
+                create_source_id_views(con)
                 con.commit()
             except BaseException:
                 con.rollback()
