@@ -119,7 +119,7 @@ class RankingSettings:
 # validation days). The lambdarank ranker orders a wider category pool, 20 x 50: on the
 # validation days of the simulator (2026-01-20) and the Taobao sample (2017-12-02) it kept
 # NDCG@20 (0.2913 vs 0.2916, 0.1284 vs 0.1271) and raised Recall@50 (+0.006, +0.001) and novel
-# Recall@50 (0.221 vs 0.209, 0.0033 vs 0.0020); the logistic policies lost up to 0.0025 with it.
+# Recall@50 (0.221 vs 0.209, 0.0033 vs 0.0020); the learned policy lost 0.0025 and 0.0006 with it.
 POLICY_SETTINGS: dict[str, dict[str, Any]] = {
     "learned_gbdt": {"categories": 20, "items_per_category": 50},
 }
