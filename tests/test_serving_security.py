@@ -250,21 +250,20 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(home):
 
 @contextmanager
 def live(app) -> Iterator[int]:
-    """The app behind a real uvicorn on a free loopback port (a thread of this process)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join()
+    """The app behind a real uvicorn on a free loopback port (a thread of this process). The
+    socket listens before uvicorn starts, so a client may connect at once: the kernel queues
+    the connection until uvicorn accepts it (no polling for "started")."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            yield sock.getsockname()[1]
+        finally:
+            server.should_exit = True
+            thread.join()
 
 
 def test_a_chunked_body_is_cut_off_at_the_limit(home):
