@@ -318,11 +318,8 @@ class Service:
             "features_as_of": None if profile is None else profile.as_of,
             "migration": None
             if migration is None
-            else {
-                "from_category_id": ids.shown("category_id", migration.from_category_id),
-                "to_category_id": ids.shown("category_id", migration.to_category_id),
-                "origin": migration.origin,
-            },
+            else _moved(ids, migration.from_category_id, migration.to_category_id)
+            | {"origin": migration.origin},
             "items": items,
         }
 
@@ -542,6 +539,14 @@ SHIFT_FIELDS = (
 )
 
 
+def _moved(ids: Ids, from_category: Any, to_category: Any) -> dict[str, Any]:
+    """A migration's categories as a person sees them (the API's migration fields)."""
+    return {
+        "from_category_id": ids.shown("category_id", from_category),
+        "to_category_id": ids.shown("category_id", to_category),
+    }
+
+
 def interests_payload(service: Service, profile: UserProfile) -> dict[str, Any]:
     """The body of GET /v1/users/{user_id}/interests, ids as in the source."""
     settings = service.settings
@@ -550,24 +555,14 @@ def interests_payload(service: Service, profile: UserProfile) -> dict[str, Any]:
     online = current_migration(profile, service.catalogue, timedelta(0))
     if online is not None and online.origin == "online":
         migrations.append(
-            {
-                "from_category_id": ids.shown("category_id", online.from_category_id),
-                "to_category_id": ids.shown("category_id", online.to_category_id),
-                "origin": "online",
-                "detected_at": profile.as_of,
-                "strength": None,
-            }
+            _moved(ids, online.from_category_id, online.to_category_id)
+            | {"origin": "online", "detected_at": profile.as_of, "strength": None}
         )
     if profile.as_of is not None:
         since = profile.as_of - timedelta(hours=settings.migration_window_hours)
         migrations.extend(
-            {
-                "from_category_id": ids.shown("category_id", m.from_category_id),
-                "to_category_id": ids.shown("category_id", m.to_category_id),
-                "origin": "warehouse",
-                "detected_at": m.detected_at,
-                "strength": m.strength,
-            }
+            _moved(ids, m.from_category_id, m.to_category_id)
+            | {"origin": "warehouse", "detected_at": m.detected_at, "strength": m.strength}
             for m in service.catalogue.recent_migrations(profile.user_id, since)
         )
     return {
