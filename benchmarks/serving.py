@@ -361,23 +361,27 @@ class Connection:
         return status, await self.reader.readexactly(length)
 
 
-async def load(port: int, requests: list[tuple[str, str, bytes]], concurrency: int):
-    """Latencies (ms) of all requests and the throughput (requests per second)."""
+async def load(
+    port: int | list[int], requests: list[tuple[str, str, bytes]], concurrency: int
+) -> tuple[np.ndarray, float]:
+    """Latencies (ms) of all requests and the throughput (requests per second): ``concurrency``
+    closed-loop connections, spread over the ports (service replicas) when given several."""
+    ports = port if isinstance(port, list) else [port]
     queue = list(reversed(requests))
     latencies: list[float] = []
 
-    async def worker() -> None:
+    async def worker(port: int) -> None:
         connection = await Connection.open(port)
         while queue:
             method, path, body = queue.pop()
             began = time.perf_counter()
-            status, _ = await connection.request(method, path, body)
+            status, answer = await connection.request(method, path, body)
             latencies.append((time.perf_counter() - began) * 1e3)
-            assert status == 200, (status, path)
+            assert status == 200, (status, path, answer[:200])
         connection.writer.close()
 
     began = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(ports[i % len(ports)]) for i in range(concurrency)))
     return np.array(latencies), len(requests) / (time.perf_counter() - began)
 
 

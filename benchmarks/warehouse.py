@@ -31,6 +31,12 @@ marts need the events in each user's order.
 
     python benchmarks/warehouse.py --sizes 1M,10M --repeats 3
     python benchmarks/warehouse.py --sizes 10M --repeats 3 --string-ids
+    python benchmarks/warehouse.py --sizes 10M --repeats 3 --incremental --baseline /tmp/prev
+
+``--incremental`` (issue 12): a full build of 30 days of history, then one more simulated day
+ingested and built incrementally, and with ``--baseline`` the previous release's full build of
+the same history. Targets: the day <= 15% of the full build; the full build through dbt <= 1.2x
+the previous release's runner, peak memory < 4 GB.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -84,7 +91,14 @@ elif step == "read_csv":
                 "columns = ?)", [csv_path, json.loads(sys.argv[4])])
     con.close()
 elif step == "marts":
+    build(Paths(home), export=False, full=True)
+elif step == "marts_previous":  # a release from before incremental builds: always full
     build(Paths(home), export=False)
+elif step == "ingest_day":  # untimed set-up of an incremental step: one more day of events
+    ingest_file(Paths(home), csv_path, fmt="csv")
+elif step == "incremental":
+    report = build(Paths(home), export=False)
+    assert report.plan == "incremental", report.plan
 else:
     con = duckdb.connect(str(home / "warehouse.duckdb"), config={"memory_limit": "4GB"})
     con.execute(f"create or replace table floor_t as {FLOORS[step]}")
@@ -125,19 +139,41 @@ def write_events_csv(n_events: int, directory: Path, *, string_ids: bool) -> tup
     return path, events.height
 
 
-def run_child(home: Path, step: str, csv_path: Path, columns: dict[str, str]) -> dict[str, float]:
-    """Run one step in a fresh Python process; returns its seconds and peak memory (MB)."""
+def run_child(
+    home: Path, step: str, csv_path: Path, columns: dict[str, str], *, source: Path | None = None
+) -> dict[str, float]:
+    """Run one step in a fresh Python process (importing recsys from ``source``, a checkout of
+    another release, when given); returns its seconds and peak memory (MB)."""
+    env = os.environ | ({"PYTHONPATH": str(source)} if source else {})
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(home), step, str(csv_path), json.dumps(columns)],
-        check=True,
         capture_output=True,
         text=True,
+        env=env,
     )
+    if out.returncode:
+        raise SystemExit(f"step {step} on {home} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def median(runs: list[dict[str, float]], key: str = "seconds") -> float:
     return statistics.median(run[key] for run in runs)
+
+
+def fig(runs: dict[str, list[dict[str, float]]], step: str) -> str:
+    """A step's median seconds and peak memory."""
+    return f"{median(runs[step]):.2f} s, peak {median(runs[step], 'peak_mb'):,.0f} MB"
+
+
+def print_load(before: tuple[float, ...], after: tuple[float, ...]) -> None:
+    """The load average around the runs: other processes slow every step alike."""
+    print(
+        "load average (1/5/15 min): before "
+        + "/".join(f"{x:.2f}" for x in before)
+        + ", after "
+        + "/".join(f"{x:.2f}" for x in after)
+        + f" on {os.cpu_count()} CPUs"
+    )
 
 
 def bench_size(n_events: int, repeats: int, work: Path, *, string_ids: bool) -> None:
@@ -154,30 +190,69 @@ def bench_size(n_events: int, repeats: int, work: Path, *, string_ids: bool) -> 
             runs[step].append(run_child(home, step, csv_path, columns))
     load_after = os.getloadavg()
 
-    def fig(step: str) -> str:
-        return f"{median(runs[step]):.2f} s, peak {median(runs[step], 'peak_mb'):,.0f} MB"
-
     marts = median(runs["marts"])
     ids = "string ids" if string_ids else "integer ids"
     print(
         f"\n== {rows:,} events, {ids} ({csv_path.stat().st_size / 1e6:.0f} MB CSV), "
         f"{repeats} runs =="
     )
+    print_load(load_before, load_after)
     print(
-        "load average (1/5/15 min): before "
-        + "/".join(f"{x:.2f}" for x in load_before)
-        + ", after "
-        + "/".join(f"{x:.2f}" for x in load_after)
-        + f" on {os.cpu_count()} CPUs"
-    )
-    print(
-        f"ingest  : {rows / median(runs['ingest']):>12,.0f} rows/s  ({fig('ingest')})  "
-        f"floor read_csv {rows / median(runs['read_csv']):,.0f} rows/s ({fig('read_csv')})  "
+        f"ingest  : {rows / median(runs['ingest']):>12,.0f} rows/s  ({fig(runs, 'ingest')})  "
+        f"floor read_csv {rows / median(runs['read_csv']):,.0f} rows/s ({fig(runs, 'read_csv')})  "
         f"ratio {median(runs['ingest']) / median(runs['read_csv']):.2f}x"
     )
-    print(f"marts   : {rows / marts:>12,.0f} events/s ({fig('marts')})")
+    print(f"marts   : {rows / marts:>12,.0f} events/s ({fig(runs, 'marts')})")
     for floor in ("group_by", "sort"):
-        print(f"  vs floor {floor:<8}: {fig(floor)}  ratio {marts / median(runs[floor]):.2f}x")
+        ratio = marts / median(runs[floor])
+        print(f"  vs floor {floor:<8}: {fig(runs, floor)}  ratio {ratio:.2f}x")
+
+
+def bench_incremental(n_events: int, repeats: int, work: Path, *, baseline: Path | None) -> None:
+    """A full build of ``n_events`` events of history, then one more day ingested and built
+    incrementally (on a copy of the fully built home, so every repeat starts alike); with
+    ``baseline``, that checkout's full build of the same history in the same run."""
+    users = max(1, round(n_events / (EVENTS_PER_USER_DAY * DAYS)))
+    sim = simulate(SimulationConfig(users=users, items=max(1000, users * 2), days=DAYS + 1, seed=1))
+    last_day = sim.events["event_time"].max().replace(hour=0, minute=0, second=0, microsecond=0)
+    history_csv, day_csv = work / "history.csv", work / "day.csv"
+    history = sim.events.filter(sim.events["event_time"] < last_day)
+    day = sim.events.filter(sim.events["event_time"] >= last_day)
+    history.write_csv(history_csv)
+    day.write_csv(day_csv)
+    home, daily, old = work / "history", work / "daily", work / "baseline"
+    run_child(home, "ingest", history_csv, CSV_COLUMNS)
+    if baseline:
+        shutil.rmtree(old, ignore_errors=True)
+        shutil.copytree(home, old)
+    runs: dict[str, list[dict[str, float]]] = {"full": [], "incremental": [], "baseline": []}
+    load_before = os.getloadavg()
+    for _ in range(repeats):  # interleaved, so a burst of load hits every step alike
+        runs["full"].append(run_child(home, "marts", history_csv, CSV_COLUMNS))
+        shutil.rmtree(daily, ignore_errors=True)
+        shutil.copytree(home, daily)
+        run_child(daily, "ingest_day", day_csv, CSV_COLUMNS)
+        runs["incremental"].append(run_child(daily, "incremental", day_csv, CSV_COLUMNS))
+        if baseline:
+            runs["baseline"].append(
+                run_child(old, "marts_previous", history_csv, CSV_COLUMNS, source=baseline)
+            )
+    load_after = os.getloadavg()
+
+    print(
+        f"\n== incremental: {history.height:,} events of history + one day of {day.height:,}, "
+        f"{repeats} runs =="
+    )
+    print_load(load_before, load_after)
+    full = median(runs["full"])
+    print(f"full build (dbt)     : {fig(runs, 'full')}")
+    share = median(runs["incremental"]) / full
+    print(f"incremental, one day : {fig(runs, 'incremental')}  {share:.0%} of full")
+    if baseline:
+        print(
+            f"previous release full: {fig(runs, 'baseline')}  (dbt full build "
+            f"{full / median(runs['baseline']):.2f}x of it)  from {baseline}"
+        )
 
 
 def main() -> None:
@@ -187,10 +262,24 @@ def main() -> None:
     parser.add_argument(
         "--string-ids", action="store_true", help="UUID users, SKU items, named categories"
     )
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="full build of each size's history vs one more day built incrementally",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="with --incremental: a checkout of another release (e.g. `git worktree add "
+        "/tmp/prev <commit>`) whose full build is timed in the same run",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="recsys-bench-") as tmp:
         for size in args.sizes.split(","):
-            bench_size(parse_size(size), args.repeats, Path(tmp), string_ids=args.string_ids)
+            if args.incremental:
+                bench_incremental(parse_size(size), args.repeats, Path(tmp), baseline=args.baseline)
+            else:
+                bench_size(parse_size(size), args.repeats, Path(tmp), string_ids=args.string_ids)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,32 @@ def build(
     no_export: Annotated[
         bool, typer.Option("--no-export", help="Build the marts only, skip the Feast files.")
     ] = False,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="Recompute everything from all events (default: continue the last build "
+            "from the newly ingested events).",
+        ),
+    ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="duckdb (in the home's warehouse) | spark (the same models on Apache Spark "
+            "through dbt-spark, always in full, written as Parquet under HOME/spark; needs "
+            "Java 17).",
+        ),
+    ] = "duckdb",
+    spark_master: Annotated[
+        str | None,
+        typer.Option(
+            "--spark-master",
+            help="Spark master URL for --engine spark (default: $RECSYS_SPARK_MASTER, else "
+            "local[2]).",
+            show_default=False,
+        ),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Build the SQL marts as of a time and export the Feast feature files."""
@@ -155,21 +181,36 @@ def build(
     from recsys.warehouse.build import build as build_features
     from recsys.warehouse.connect import WarehouseBusyError
 
+    if engine not in ("duckdb", "spark"):
+        raise fail(f"--engine must be duckdb or spark, not {engine!r}")
+    if spark_master and engine != "spark":
+        raise fail("--spark-master applies to --engine spark only")
+    paths = resolve_home(home)
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
     ) as progress:
-        task = progress.add_task("building marts", total=None)
+        task = progress.add_task(f"building marts on {engine}", total=None)
+
+        def step(label: str) -> None:
+            progress.update(task, description=f"built {label}")
+
         try:
-            report = build_features(
-                resolve_home(home),
-                as_of=as_of,
-                export=not no_export,
-                step=lambda label: progress.update(task, description=f"built {label}"),
-            )
+            if engine == "spark":
+                from recsys.warehouse.spark import build as build_on_spark
+
+                report = build_on_spark(
+                    paths, master=spark_master, as_of=as_of, export=not no_export, step=step
+                )
+            else:
+                report = build_features(
+                    paths, as_of=as_of, export=not no_export, full=full, step=step
+                )
         except (BuildError, WarehouseBusyError) as exc:
             raise fail(str(exc)) from None
     console.print(report.summary())
-    if not no_export:
+    if engine == "spark":
+        console.print(f"Parquet marts and Feast files in {paths.home / 'spark'}")
+    elif not no_export:
         from recsys.evaluation.migration_plots import plot_migrations
 
         plot = plot_migrations(resolve_home(home))
@@ -309,6 +350,34 @@ def feast_cli(
     try:
         code = run_feast(resolve_home(home), args or [])
     except FeatureStoreError as exc:
+        raise fail(str(exc)) from None
+    raise typer.Exit(code=code)
+
+
+@app.command(
+    "dbt",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+def dbt_cli(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="dbt's command and options, after --.", show_default=False),
+    ] = None,
+    home: HomeOption = None,
+) -> None:
+    """Run dbt's own CLI on a home's warehouse, e.g. `recsys dbt --home DIR -- docs generate`
+    (also ls --select +MODEL, test, build, docs serve, ...); exits with dbt's exit code.
+
+    dbt's files go to DIR/dbt/. A plain `dbt build` replaces the marts in place; `recsys build`
+    publishes them only after every data test passed."""
+    from recsys.warehouse.dbt import DbtError, run_cli
+
+    paths = resolve_home(home)
+    if not paths.warehouse.exists():
+        raise fail(f"no warehouse at {paths.warehouse}; run `recsys ingest FILE` first")
+    try:
+        code = run_cli(paths, args or ["--help"])
+    except DbtError as exc:
         raise fail(str(exc)) from None
     raise typer.Exit(code=code)
 

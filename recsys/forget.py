@@ -26,11 +26,14 @@ from recsys.features import forget as features
 from recsys.features.repo import SQLITE, OnlineStoreSettings
 from recsys.home import Paths
 from recsys.models import forget as models
-from recsys.online.state import STATE_FILE, UserState
+from recsys.online.redis_state import RedisUserState, open_state
+from recsys.online.state import STATE_FILE
 from recsys.serving.inbox import EventInbox
+from recsys.serving.replicas import SharedIds
 from recsys.serving.settings import ServiceSettings
 from recsys.warehouse.connect import DEFAULT_LOCK_TIMEOUT_S
 from recsys.warehouse.forget import forget_in_files, forget_in_warehouse
+from recsys.warehouse.ids import DIMS, source_text
 
 
 @dataclass(frozen=True)
@@ -68,20 +71,22 @@ def forget_user(
     ``online`` is the online store (None: the home's SQLite store); the warehouse lock is waited
     for up to ``lock_timeout_s`` (then ``WarehouseBusyError``, with nothing changed)."""
     user_id, warehouse = forget_in_warehouse(paths, user, lock_timeout_s=lock_timeout_s)
-    inbox_path = ServiceSettings(paths=paths).inbox
     inbox = 0
-    if inbox_path.exists():
+    # the single service's inbox and every replica's (recsys.serving.settings)
+    for inbox_path in sorted(ServiceSettings(paths=paths).inbox.parent.glob("inbox*.db")):
         events = EventInbox(inbox_path)
         try:
-            inbox = events.forget(user_id)
+            inbox += events.forget(user_id)
         finally:
             events.close()
-    state_path = paths.feast / STATE_FILE
     online_state: dict[str, int] = {}
-    if state_path.exists():
-        state = UserState(state_path, FeatureConfig())
+    redis_online = online is not None and online.kind == "redis"
+    if redis_online or (paths.feast / STATE_FILE).exists():
+        state = open_state(paths, FeatureConfig(), online or SQLITE)
         try:
             online_state = state.forget(user_id)
+            if isinstance(state, RedisUserState):  # replicas share string ids' keys there
+                SharedIds(state.client).drop(DIMS["user_id"], source_text(user))
         finally:
             state.close()
     return ForgetReport(

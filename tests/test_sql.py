@@ -15,21 +15,15 @@ import pytest
 from recsys.config import FeatureConfig
 from recsys.evaluation.migration_recovery import migration_recovery
 from recsys.home import Paths
-from recsys.warehouse.build import (
-    EXPORTS,
-    BuildError,
-    build,
-    load_data_tests,
-    load_models,
-    run_data_tests,
-)
+from recsys.warehouse.build import EXPORTS, BuildError, build, data_test_failures, marts
 from recsys.warehouse.connect import connect
+from recsys.warehouse.dbt import PROJECT_DIR
 
 T0 = datetime(2026, 3, 1, 12, 0, 0)
 AS_OF = datetime(2026, 3, 10, 0, 0, 0)
 HOUR = timedelta(hours=1)
 TAOBAO = Path(__file__).resolve().parents[2] / "shared" / "data" / "taobao_user_behavior_sample.csv"
-MARTS = [m.name for m in load_models() if m.layer == "marts"]
+MARTS = marts()
 EVENT_SCHEMA = {
     "user_id": pl.Int64,
     "item_id": pl.Int64,
@@ -324,12 +318,10 @@ def simulated_warehouse(tmp_path_factory) -> Paths:
     return paths
 
 
-@pytest.mark.parametrize("name", sorted(load_data_tests()))
-def test_data_test_passes(simulated_warehouse, name):
-    con = connect(simulated_warehouse, read_only=True)
-    offending = con.execute(load_data_tests()[name]).fetchall()
-    con.close()
-    assert offending == []
+def test_data_tests_pass_on_the_published_marts(simulated_warehouse):
+    failures = data_test_failures(simulated_warehouse)
+    assert set(failures) == {path.stem for path in (PROJECT_DIR / "tests").glob("*.sql")}
+    assert {name: n for name, n in failures.items() if n} == {}
 
 
 def test_data_tests_catch_a_broken_mart(tmp_path):
@@ -339,8 +331,8 @@ def test_data_tests_catch_a_broken_mart(tmp_path):
     con = connect(paths)
     con.execute("insert into user_interest_shift select * from user_interest_shift limit 1")
     con.execute("update user_category_interest set share_short = share_short * 1.01")
-    failures = {name for name, n in run_data_tests(con).items() if n}
     con.close()
+    failures = {name for name, n in data_test_failures(paths).items() if n}
     assert failures == {"mart_grains_unique", "shares_sum_to_one", "values_in_range"}
 
 
@@ -409,13 +401,33 @@ def test_missing_behavior_weight_is_refused(tmp_path):
         build(paths, config=config)
 
 
-def test_models_come_after_what_they_read():
-    seen: set[str] = set()
-    for model in load_models():
-        assert model.depends_on <= seen, model.name
-        assert model.sql.lstrip().startswith("--")
-        seen.add(model.name)
+def test_every_model_states_its_grain_first():
+    models = sorted((PROJECT_DIR / "models").rglob("*.sql"))
+    assert len(models) > 20
+    for path in models:
+        assert path.read_text().startswith("-- "), path
     assert {"user_category_interest", "interest_migrations", "edges_item_item"} <= set(MARTS)
+
+
+def test_a_failing_data_test_blocks_publishing(tmp_path):
+    paths = home(tmp_path)
+    load_events(paths, small_simulation(days=5).events)
+    build(paths)
+    before = mart_frames(paths)
+    (as_of,) = query(paths, "select as_of from recsys_params")[0]
+    manifest = (paths.features / "manifest.json").read_text()
+    # a behaviour without a weight: ingest would quarantine it, so write it as a bug would
+    load_events(paths, [(1, 1, 1, "share", T0, None)])
+    with pytest.raises(BuildError, match="test behaviors_have_weights: 1 offending row"):
+        build(paths)
+    assert query(paths, "select as_of from recsys_params")[0][0] == as_of
+    assert (paths.features / "manifest.json").read_text() == manifest
+    after = mart_frames(paths)
+    for name in MARTS:
+        polars.testing.assert_frame_equal(after[name], before[name])
+    assert query(paths, "select count(*) from duckdb_tables() where table_name like '%__next'") == [
+        (0,)
+    ]
 
 
 @pytest.mark.skipif(not TAOBAO.exists(), reason=f"Taobao sample not found at {TAOBAO}")
@@ -429,10 +441,7 @@ def test_taobao_sample_builds_and_passes_data_tests(tmp_path):
     assert (
         report.export_rows["user_interest_shift.parquet"] > report.mart_rows["user_interest_shift"]
     )
-    con = connect(paths, read_only=True)
-    failures = {name: n for name, n in run_data_tests(con).items() if n}
-    con.close()
-    assert failures == {}
+    assert {name: n for name, n in data_test_failures(paths).items() if n} == {}
 
 
 # --- category transitions ---
@@ -581,8 +590,8 @@ def test_category_transition_data_tests_catch_a_broken_mart(tmp_path):
     con.execute("insert into category_transitions select * from category_transitions limit 1")
     con.execute("update category_transitions set p = p * 1.01 where src_category_id = 30")
     con.execute("update category_transitions set n_session = -1 where src_category_id = 40")
-    failures = {name for name, n in run_data_tests(con).items() if n}
     con.close()
+    failures = {name for name, n in data_test_failures(paths).items() if n}
     assert failures >= {
         "category_transitions_counts",
         "category_transitions_grain_unique",

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+import yaml
+
 from recsys.features.errors import FeatureStoreError
+from recsys.features.feast_cli import feast_yaml_path
 from recsys.home import Paths
 
 REDIS_URL_ENV = "RECSYS_REDIS_URL"
@@ -43,6 +46,28 @@ class OnlineStoreSettings:
         """Redis at ``redis_url``, else at ``$RECSYS_REDIS_URL``, else the home's SQLite."""
         url = redis_url or os.environ.get(REDIS_URL_ENV)
         return cls.redis(url) if url else cls()
+
+    @classmethod
+    def from_feast(cls, kind: str, connection_string: str | None = None) -> OnlineStoreSettings:
+        """The setting behind a Feast ``online_store`` of ``type`` ``kind`` (``to_feast``'s
+        inverse: its ``host:port,db=N`` connection string back into a URL)."""
+        if kind == "sqlite":
+            return cls()
+        if kind != "redis" or not connection_string:
+            raise FeatureStoreError(f"recsys serves a sqlite or redis online store, not {kind!r}")
+        address, *options = connection_string.split(",")
+        db = next((o.split("=", 1)[1] for o in options if o.startswith("db=")), "0")
+        return cls.redis(f"redis://{address}/{db}")
+
+    @classmethod
+    def of_home(cls, paths: Paths) -> OnlineStoreSettings:
+        """The online store the home's ``feature_store.yaml`` names (written by every command
+        that applies the definitions); SQLite for a home without one."""
+        path = feast_yaml_path(paths)
+        if not path.exists():
+            return cls()
+        online = (yaml.safe_load(path.read_text()) or {}).get("online_store") or {}
+        return cls.from_feast(online.get("type", "sqlite"), online.get("connection_string"))
 
     def to_feast(self, paths: Paths) -> dict[str, Any]:
         """Feast's ``online_store`` config; every path absolute."""

@@ -337,6 +337,24 @@ class RedisWriter(OnlineWriter):
         self.ttl = ttl
 
     def write(self, batches: Sequence[ViewRows]) -> None:
+        items = list(self._hashes(batches).items())
+        for start in range(0, len(items), self.CHUNK):
+            with self.client.pipeline(transaction=False) as pipe:
+                self._queue(pipe, items[start : start + self.CHUNK])
+                pipe.execute()
+
+    def queue(self, pipe: Any, batches: Sequence[ViewRows]) -> None:
+        """Queue the rows' writes on ``pipe`` (a caller's transaction) without executing it."""
+        self._queue(pipe, list(self._hashes(batches).items()))
+
+    def _queue(self, pipe: Any, items: list[tuple[bytes, dict[Any, bytes]]]) -> None:
+        for key, mapping in items:
+            pipe.hset(key, mapping=mapping)
+            if self.ttl:
+                pipe.expire(name=key, time=self.ttl)
+
+    def _hashes(self, batches: Sequence[ViewRows]) -> dict[bytes, dict[Any, bytes]]:
+        """Each entity's hash fields, all views of the batches merged."""
         hashes: dict[bytes, dict[Any, bytes]] = {}
         for batch in batches:
             name = compute_versioned_name(batch.view, self.versioning)
@@ -350,14 +368,7 @@ class RedisWriter(OnlineWriter):
                 )
                 for field, column in zip(fields, batch.values.values(), strict=True):
                     mapping[field] = column[i]
-        items = list(hashes.items())
-        for start in range(0, len(items), self.CHUNK):
-            with self.client.pipeline(transaction=False) as pipe:
-                for key, mapping in items[start : start + self.CHUNK]:
-                    pipe.hset(key, mapping=mapping)
-                    if self.ttl:
-                        pipe.expire(name=key, time=self.ttl)
-                pipe.execute()
+        return hashes
 
 
 def _timestamp_bytes(stamp: datetime) -> bytes:

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 REDIS_CLAIM_KEY = "recsys:home"
 
 
-def _home_id(paths: Paths) -> str:
+def home_id(paths: Paths) -> str:
+    """The home's name in its claim: "<hostname>:<home folder>"."""
     return f"{socket.gethostname()}:{paths.home.resolve()}"
 
 
@@ -40,7 +41,7 @@ def claim_redis(paths: Paths, online: OnlineStoreSettings) -> None:
     stale and taken over; a claim from another machine is never guessed stale."""
     import redis
 
-    me = _home_id(paths)
+    me = home_id(paths)
     client = _client(online)
     try:
         for _ in range(10):  # a compare-and-set that lost a race is retried
@@ -84,4 +85,4 @@ def release_redis(paths: Paths, online: OnlineStoreSettings) -> bool:
     client = _client(online)
     # compare-and-delete in one step, so another home's claim is never dropped
     script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end"
-    return bool(client.eval(script, 1, REDIS_CLAIM_KEY, _home_id(paths)))
+    return bool(client.eval(script, 1, REDIS_CLAIM_KEY, home_id(paths)))

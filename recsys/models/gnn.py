@@ -478,73 +478,95 @@ def choose_mode(graph: tfgnn.GraphTensor, config: GnnConfig) -> str:
     return "full" if num_input_edges(graph) <= config.max_full_graph_edges else "sampled"
 
 
+class GnnTrainStep:
+    """The encoder for ``graph``, its optimizer and one compiled training step.
+
+    ``step(users [B], items [B], weights [B])`` takes one optimizer step on the in-batch softmax
+    loss of those target pairs and returns the loss; ``embeddings()`` reads out every node.
+    ``mode`` is "full" (every step runs the whole graph) or "sampled" (``choose_mode``).
+    """
+
+    def __init__(self, graph: tfgnn.GraphTensor, *, config: GnnConfig):
+        self.node_counts = {name: int(graph.node_sets[name].total_size) for name in NODE_SETS}
+        self.mode = choose_mode(graph, config)
+        self.encoder = build_gnn_encoder(
+            graph_spec=graph.spec,
+            node_counts=self.node_counts,
+            hidden_dim=config.hidden_dim,
+            num_updates=config.num_updates,
+        )
+        self._graph, self._config = graph, config
+        self._optimizer = tf.keras.optimizers.Adam(config.learning_rate)
+        if self.mode == "full":
+            self._subgraphs = None
+            self._embed_pairs = _full_graph_pairs(self.encoder, graph)
+        else:
+            self._subgraphs = InMemorySubgraphs(
+                graph, sample_sizes=config.sample_sizes, seed=config.seed
+            )
+            self._embed_pairs = _sampled_pairs(self.encoder, self._subgraphs)
+        self.step = tf.function(self._step, reduce_retracing=True)
+
+    def _step(self, users: tf.Tensor, items: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            user_emb, item_emb = self._embed_pairs(users, items)
+            loss = in_batch_softmax_loss(
+                user_emb, item_emb, items, weights, temperature=self._config.temperature
+            )
+        variables = self.encoder.trainable_variables
+        grads = tape.gradient(loss, variables)
+        # The category readout gets no gradient from a user-item loss; skip such variables.
+        self._optimizer.apply_gradients(
+            (g, v) for g, v in zip(grads, variables, strict=True) if g is not None
+        )
+        return loss
+
+    def embeddings(self) -> GnnEmbeddings:
+        """Readout of every node: one full-graph pass, or a sampled subgraph around each node."""
+        if self._subgraphs is None:
+            return full_graph_embeddings(self.encoder, self._graph)
+        return sampled_embeddings(
+            self.encoder, self._subgraphs, self.node_counts, batch_size=self._config.batch_size
+        )
+
+
 def train_gnn(
     graph: tfgnn.GraphTensor, targets: LinkTargets, *, config: GnnConfig
 ) -> GnnTrainResult:
     """Train the encoder on ``graph`` (edges before t1) to predict ``targets`` (t1..t2 pairs).
 
-    Runs in the default strategy's scope: full-graph message passing does not split across
-    replicas, and on one GPU TensorFlow places the ops there anyway.
+    Runs in the default strategy's scope, also in a multi-worker cluster: full-graph message
+    passing does not split across replicas, so every worker trains the same copy (same data,
+    seed and deterministic kernels) and the towers of all workers read the same embeddings.
+    On one GPU TensorFlow places the ops there anyway.
     """
     set_seeds(config.seed)
-    counts = {name: int(graph.node_sets[name].total_size) for name in NODE_SETS}
-    for side, ids, n in (
-        ("user", targets.user, counts[USER]),
-        ("item", targets.item, counts[ITEM]),
-    ):
+    for side, ids in ((USER, targets.user), (ITEM, targets.item)):
+        n = int(graph.node_sets[side].total_size)
         if np.min(ids) < 0 or np.max(ids) >= n:
             raise ModelInputError(f"LinkTargets.{side} index outside 0..{n - 1}")
-    encoder = build_gnn_encoder(
-        graph_spec=graph.spec,
-        node_counts=counts,
-        hidden_dim=config.hidden_dim,
-        num_updates=config.num_updates,
-    )
-    optimizer = tf.keras.optimizers.Adam(config.learning_rate)
-    mode = choose_mode(graph, config)
-    if mode == "full":
-        embed_pairs = _full_graph_pairs(encoder, graph)
-    else:
-        subgraphs = InMemorySubgraphs(graph, sample_sizes=config.sample_sizes, seed=config.seed)
-        embed_pairs = _sampled_pairs(encoder, subgraphs)
-
-    @tf.function(reduce_retracing=True)
-    def train_step(users, items, weights):
-        with tf.GradientTape() as tape:
-            user_emb, item_emb = embed_pairs(users, items)
-            loss = in_batch_softmax_loss(
-                user_emb, item_emb, items, weights, temperature=config.temperature
-            )
-        grads = tape.gradient(loss, encoder.trainable_variables)
-        # The category readout gets no gradient from a user-item loss; skip such variables.
-        optimizer.apply_gradients(
-            (g, v) for g, v in zip(grads, encoder.trainable_variables, strict=True) if g is not None
-        )
-        return loss
-
+    trainer = GnnTrainStep(graph, config=config)
     rng = np.random.default_rng(config.seed)
     steps_per_epoch = -(-len(targets.user) // config.batch_size)
     losses, step_times = [], []
     with _progress(config.show_progress) as progress:
         task = progress.add_task(
-            f"GNN ({mode})", total=config.epochs * steps_per_epoch, status="loss -"
+            f"GNN ({trainer.mode})", total=config.epochs * steps_per_epoch, status="loss -"
         )
         for epoch in range(config.epochs):
             epoch_losses = []
             for users, items, weights in _batches(targets, config.batch_size, rng):
                 start = time.perf_counter()
-                epoch_losses.append(float(train_step(users, items, weights)))
+                epoch_losses.append(float(trainer.step(users, items, weights)))
                 step_times.append(time.perf_counter() - start)
                 progress.update(
                     task, advance=1, status=f"epoch {epoch + 1} loss {epoch_losses[-1]:.4f}"
                 )
             losses.append(float(np.mean(epoch_losses)))
-    if mode == "full":
-        embeddings = full_graph_embeddings(encoder, graph)
-    else:
-        embeddings = sampled_embeddings(encoder, subgraphs, counts, batch_size=config.batch_size)
     timed = step_times[1:] or step_times
-    return GnnTrainResult(embeddings, mode, tuple(losses), float(np.median(timed)), encoder)
+    return GnnTrainResult(
+        trainer.embeddings(), trainer.mode, tuple(losses), float(np.median(timed)), trainer.encoder
+    )
 
 
 def _full_graph_pairs(encoder: tf.keras.Model, graph: tfgnn.GraphTensor) -> Callable:

@@ -4,10 +4,16 @@ Outputs: ``HOME/models/interest_v1-<UTC timestamp>/`` (see ``InterestModel.save`
 embeddings as ``HOME/features/{user,item}_embeddings.parquet`` (stamped with the as-of time, read
 by the Feast embedding views) and, when the home's feature store is applied, their
 materialisation into the online store.
+
+With ``TF_CONFIG`` naming several workers (``recsys.models.device``), run ``recsys train`` on
+each with its own copy of the home: the two-tower trains under ``MultiWorkerMirroredStrategy``,
+and only the chief publishes; the others save into a temporary folder (saving takes part in
+the cluster's collectives) and remove it.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +23,7 @@ from rich.console import Console
 from recsys.features.online_settings import SQLITE, OnlineStoreSettings
 from recsys.home import Paths
 from recsys.models.data import LearnedModelError, write_embeddings
+from recsys.models.device import cluster_workers, distribution_strategy, is_chief
 from recsys.models.interest import MODEL_NAME, InterestConfig, InterestModel, load_latest
 from recsys.ranking.policy import EXCLUDE_PURCHASED
 from recsys.ranking.score import score_users
@@ -33,8 +40,14 @@ class TrainReport:
     embedding_files: tuple[Path, ...]
     materialized: bool
     seconds: float
+    published: bool = True  # False on the workers of a cluster other than the chief
 
     def summary(self) -> str:
+        if not self.published:
+            return (
+                f"trained {self.version} on {self.events:,} events as of {self.as_of} in "
+                f"{self.seconds:.0f}s as a worker; the chief publishes it"
+            )
         files = ", ".join(str(p) for p in self.embedding_files)
         online = "materialised" if self.materialized else "not materialised (store not applied)"
         return (
@@ -59,12 +72,27 @@ def train_home(
     into the ``online`` store."""
     from recsys.features.materialize import materialize
 
+    if cluster_workers() > 1:
+        distribution_strategy()  # joins the cluster: must come before the first TF op
     events = load_events(paths)
     if events.is_empty():
         raise LearnedModelError(f"the warehouse at {paths.warehouse} has no events to train on")
     as_of = events["event_time"].max() + timedelta(microseconds=1)
     model = InterestModel(config).fit(events, as_of)
     version = model_version()
+    if not is_chief():
+        with tempfile.TemporaryDirectory(prefix="recsys-worker-") as scratch:
+            model.save(Path(scratch) / version)
+        return TrainReport(
+            version=version,
+            model_dir=paths.models / version,
+            as_of=as_of,
+            events=events.height,
+            embedding_files=(),
+            materialized=False,
+            seconds=model.fit_seconds_,
+            published=False,
+        )
     model_dir = model.save(paths.models / version)
     graph = model.retriever_.graph[as_of]
     written = tuple(

@@ -23,6 +23,8 @@ Candidate inputs (``candidate`` dict): ``item_id`` int64 [B], ``category_id`` in
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import recsys  # noqa: F401  (switches TensorFlow to legacy Keras before it is imported)
 from recsys.models import ModelInputError
-from recsys.models.device import distribution_strategy, set_seeds
+from recsys.models.device import distribution_strategy, is_chief, set_seeds
 from recsys.warehouse.schema import BEHAVIORS
 
 Arrays = Mapping[str, np.ndarray]
@@ -327,7 +329,12 @@ def make_dataset(
     config: TwoTowerConfig,
     shuffle: bool,
 ) -> tf.data.Dataset:
-    """Batched tf.data pipeline of the model's batch dicts (only the keys the model uses)."""
+    """Batched tf.data pipeline of the model's batch dicts (only the keys the model uses).
+
+    Each batch holds ``config.batch_size`` rows: the global batch. Keras splits it under a
+    strategy into one batch of ``batch_size / replicas`` rows per replica, the same split
+    whether the replicas are GPUs of one process or workers of a cluster.
+    """
     examples.check(spec, config)
     items = np.asarray(examples.candidate["item_id"], np.int64)
     tensors = {
@@ -338,8 +345,13 @@ def make_dataset(
     }
     ds = tf.data.Dataset.from_tensor_slices(tensors)
     if shuffle:
+        # Seeded, so every worker of a cluster builds the same order before it takes its share.
         ds = ds.shuffle(len(examples), seed=config.seed, reshuffle_each_iteration=True)
-    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # In-memory tensors have no files to shard by: each worker keeps its slice of every
+    # global batch (the default, AUTO, tries files first and warns before falling back).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 class RichProgress(tf.keras.callbacks.Callback):
@@ -384,22 +396,38 @@ class RichProgress(tf.keras.callbacks.Callback):
 
 
 class CheckpointEachEpoch(tf.keras.callbacks.Callback):
-    """Saves model and optimizer with a tf.train.CheckpointManager after every epoch."""
+    """Saves model and optimizer with a tf.train.CheckpointManager after every epoch.
+
+    Only the chief keeps checkpoints. Under multi-worker training every worker must still
+    save (saving may read variables through collectives), so the others save into a temporary
+    folder that is removed when training ends.
+    """
 
     def __init__(self, directory: str | Path, *, max_to_keep: int = 3):
         super().__init__()
         self._directory = str(directory)
         self._max_to_keep = max_to_keep
+        self._chief = is_chief()
         self.manager: tf.train.CheckpointManager | None = None
 
     def on_train_begin(self, logs=None):
         checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
+        directory = self._directory if self._chief else tempfile.mkdtemp(prefix="recsys-ckpt-")
         self.manager = tf.train.CheckpointManager(
-            checkpoint, self._directory, max_to_keep=self._max_to_keep
+            checkpoint, directory, max_to_keep=self._max_to_keep
         )
 
     def on_epoch_end(self, epoch, logs=None):
         self.manager.save(checkpoint_number=epoch + 1)
+
+    def on_train_end(self, logs=None):
+        if not self._chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        """The chief's newest checkpoint prefix; None on other workers (nothing kept)."""
+        return self.manager.latest_checkpoint if self._chief else None
 
 
 @dataclass(frozen=True)
@@ -417,16 +445,22 @@ def train_two_tower(
     spec: QueryFeatureSpec,
     config: TwoTowerConfig,
     checkpoint_dir: str | Path,
+    strategy: tf.distribute.Strategy | None = None,
+    callbacks: tuple[tf.keras.callbacks.Callback, ...] = (),
 ) -> TwoTowerTrainResult:
-    """Fit under ``distribution_strategy()`` with early stopping on ``validation`` loss.
+    """Fit under ``strategy`` (default ``distribution_strategy()``) with early stopping on
+    ``validation`` loss.
 
     ``validation`` should be the caller's later time window. The best epoch's weights are
-    restored at the end; a checkpoint is written after every epoch under ``checkpoint_dir``.
+    restored at the end; the chief writes a checkpoint after every epoch under
+    ``checkpoint_dir``. ``config.batch_size`` is the global batch, split across replicas.
+    ``callbacks`` are extra Keras callbacks (e.g. one that records every step's loss).
     """
     if len(train) == 0 or len(validation) == 0:
         raise ModelInputError("train and validation examples must be non-empty")
+    # The strategy first: a multi-worker one must exist before any other TF op runs.
+    strategy = strategy or distribution_strategy()
     set_seeds(config.seed)
-    strategy = distribution_strategy()
     probability = item_sampling_probability(
         np.asarray(train.candidate["item_id"], np.int64), spec.n_items
     )
@@ -437,6 +471,7 @@ def train_two_tower(
         model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     checkpoints = CheckpointEachEpoch(checkpoint_dir)
     callbacks = [
+        *callbacks,
         tf.keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.patience, restore_best_weights=True
         ),
@@ -453,7 +488,7 @@ def train_two_tower(
     return TwoTowerTrainResult(
         model=model,
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
-        latest_checkpoint=checkpoints.manager.latest_checkpoint,
+        latest_checkpoint=checkpoints.latest_checkpoint,
         item_probability=probability,
     )
 

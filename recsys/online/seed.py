@@ -1,17 +1,18 @@
 """Seeding the online updater's state from a build of the warehouse.
 
-``seed_state(paths)`` replaces the whole state (all but ``quarantine``) in one transaction with
-the warehouse's marts as of the build's as_of (``recsys_params.as_of``), then replays onto it
-the events the updater applied since the previous seed (``recsys.online.state.UserState.seed``):
-those the build counts are dropped as duplicates, the others stay, so that reseeding while the
-service runs loses no acknowledged event. The marts are ``user_category_interest`` (sums at
-as_of, first/last time, counts), ``edges_user_item`` (behaviour counts per item, latest time
-per behaviour) and ``user_recent_sequence`` (the latest events; time = as_of - gap, exact in
-microseconds). ``recsys.features.materialize``
-calls it after loading the online store, so both describe the same build, and events applied
-later continue each user's history exactly. Nothing else in the state depends on older events:
-a decayed sum, a count, a min or a max absorbs any further event, and every event outside the
-seeded sequence ranks below all of it, so the latest N of (sequence + new events) is exact.
+``seed_state(paths)`` replaces the whole state (all but ``quarantine``) at once (SQLite: one
+transaction; Redis: a new generation, ``recsys.online.redis_state``) with the warehouse's marts
+as of the build's as_of (``recsys_params.as_of``), then replays onto it the events the updater
+applied since the previous seed (``recsys.online.state.UserState.seed``): those the build counts
+are dropped as duplicates, the others stay, so that reseeding while the service runs loses no
+acknowledged event. The marts are ``user_category_interest`` (sums at as_of, first/last time,
+counts), ``edges_user_item`` (behaviour counts per item, latest time per behaviour) and
+``user_recent_sequence`` (the latest events; time = as_of - gap, exact in microseconds).
+``recsys.features.materialize`` calls it after loading the online store, so both describe the
+same build, and events applied later continue each user's history exactly. Nothing else in the
+state depends on older events: a decayed sum, a count, a min or a max absorbs any further event,
+and every event outside the seeded sequence ranks below all of it, so the latest N of
+(sequence + new events) is exact.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from functools import partial
 from typing import Any
 
 from recsys.config import FeatureConfig
+from recsys.features.online_settings import OnlineStoreSettings
 from recsys.home import Paths
-from recsys.online.state import STATE_FILE, UserState, from_us
+from recsys.online.redis_state import RedisUserState, open_state
+from recsys.online.state import UserState, from_us
 from recsys.online.updater import user_rows
 from recsys.warehouse.connect import DEFAULT_LOCK_TIMEOUT_S
 from recsys.warehouse.writeback import open_for_read
@@ -184,13 +187,14 @@ def write_snapshot(
     config: FeatureConfig,
     *,
     push: Callable[[Mapping[str, dict[str, Any]]], None] | None = None,
+    online: OnlineStoreSettings | None = None,
 ) -> SeedReport:
-    """Replace ``<home>/feast/online_state.db`` (all but its quarantine) by the snapshot and
-    replay the events applied since the previous seed; ``push`` (as ``OnlineUpdater``'s) then
-    gets the fresh rows of every user with replayed events, the online store having been
-    loaded with the build's older rows."""
+    """Replace the home's updater state (``recsys.online.redis_state.open_state``; all but its
+    quarantine) by the snapshot and replay the events applied since the previous seed; ``push``
+    (as ``OnlineUpdater``'s) then gets the fresh rows of every user with replayed events, the
+    online store having been loaded with the build's older rows."""
     began = time.perf_counter()
-    state = UserState(paths.feast / STATE_FILE, config)
+    state = open_state(paths, config, online)
     publish = None if push is None else partial(_push_rows, state, config, push)
     try:
         replayed = state.seed(snapshot, publish)
@@ -207,7 +211,7 @@ def write_snapshot(
 
 
 def _push_rows(
-    state: UserState,
+    state: UserState | RedisUserState,
     config: FeatureConfig,
     push: Callable[[Mapping[str, dict[str, Any]]], None],
     users: list[int],
@@ -223,11 +227,13 @@ def seed_state(
     config: FeatureConfig | None = None,
     expect_as_of: datetime | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    online: OnlineStoreSettings | None = None,
 ) -> SeedReport:
-    """Seed the updater's state from the warehouse's build: ``read_snapshot`` then
-    ``write_snapshot`` (idempotent: the state is replaced wholesale)."""
+    """Seed the updater's state (in ``online``'s store; None: the home's) from the warehouse's
+    build: ``read_snapshot`` then ``write_snapshot`` (idempotent: the state is replaced
+    wholesale)."""
     config = config or FeatureConfig()
     snapshot = read_snapshot(
         paths, config, expect_as_of=expect_as_of, lock_timeout_s=lock_timeout_s
     )
-    return write_snapshot(paths, snapshot, config)
+    return write_snapshot(paths, snapshot, config, online=online)

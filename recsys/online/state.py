@@ -1,4 +1,5 @@
-"""The online updater's durable per-user state: one SQLite file, ``<home>/feast/online_state.db``.
+"""The online updater's durable per-user state: one SQLite file, ``<home>/feast/online_state.db``
+(with a Redis online store the same state lives in Redis: ``recsys.online.redis_state``).
 
 The updater does **not** write the warehouse: the caller appends the event to DuckDB
 (``events``), which stays the durable record that the next ``recsys build`` reads. Times are
@@ -28,7 +29,7 @@ keeps it when it is new, and the next build and materialisation count it).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
@@ -62,6 +63,9 @@ USER_TABLES = (
     "quarantine",
 )
 EPOCH = datetime(1970, 1, 1)
+# ``publish(state, user_id, pipeline)``: push the user's rows after an applied event (into the
+# Redis transaction ``pipeline`` that records it, or after the commit when None); see ``apply``.
+Publish = Callable[[Any, int, Any], Any]
 # the fields of an event, as the quarantine stores whatever of them bad input has
 EVENT_FIELDS = ("user_id", "item_id", "behavior", "event_time", "category_id")
 
@@ -203,6 +207,26 @@ class UserState:
             raise
         return Outcome.APPLIED
 
+    def apply(
+        self,
+        user_id: int,
+        item_id: int,
+        behavior: str,
+        category_id: int,
+        event_us: int,
+        publish: Publish,
+        event_id: str | None = None,
+        source: str = "",
+    ) -> tuple[Outcome, Any]:
+        """``record`` the event, then, when APPLIED, ``publish(self, user_id, None)`` (the
+        user's rows pushed after the commit); returns the outcome and what ``publish``
+        returned. ``event_id`` and ``source`` are not looked at: this state serves one
+        process, whose inbox already drops an event id seen before (``RedisUserState`` checks
+        them, for replicas)."""
+        del event_id, source
+        outcome = self.record(user_id, item_id, behavior, category_id, event_us)
+        return outcome, publish(self, user_id, None) if outcome is Outcome.APPLIED else None
+
     def horizon_us(self, user_id: int) -> int | None:
         """The time of the oldest event the state holds of a user whose history is longer
         than that (None: the state holds all of the user's events)."""
@@ -268,15 +292,7 @@ class UserState:
             "where user_id = ?",
             (user_id,),
         ).fetchall()
-        return [
-            Category(
-                category_id=c,
-                short=decay(short, as_of_us - ref, self.short_h_us),
-                long=decay(long, as_of_us - ref, self.long_h_us),
-                first_us=first,
-            )
-            for c, short, long, ref, first in rows
-        ]
+        return decayed(rows, as_of_us, self.config)
 
     def funnel_counts(self, user_id: int) -> tuple[int, ...]:
         """Event counts and distinct-item counts behind the funnel rates."""
@@ -315,11 +331,11 @@ class UserState:
         self.con.execute(
             "insert into quarantine values (?, ?, ?, ?, ?, ?, ?)",
             (
-                _plain(user_id),
-                _plain(item_id),
-                _plain(category_id),
-                _plain(behavior),
-                _plain(event_time),
+                plain(user_id),
+                plain(item_id),
+                plain(category_id),
+                plain(behavior),
+                plain(event_time),
                 reason,
                 datetime.now(UTC).isoformat(),
             ),
@@ -356,5 +372,23 @@ class UserState:
         ).fetchall()
 
 
-def _plain(value: Any) -> Any:
+def decayed(
+    rows: Iterable[tuple[int, float, float, int, int]], as_of_us: int, config: FeatureConfig
+) -> list[Category]:
+    """Categories from (category_id, short, long, ref_us, first_us) rows, their interest
+    decayed to ``as_of_us``."""
+    short_h = config.short_half_life_hours * US_PER_HOUR
+    long_h = config.long_half_life_hours * US_PER_HOUR
+    return [
+        Category(
+            category_id=c,
+            short=decay(short, as_of_us - ref, short_h),
+            long=decay(long, as_of_us - ref, long_h),
+            first_us=first,
+        )
+        for c, short, long, ref, first in rows
+    ]
+
+
+def plain(value: Any) -> Any:
     return value if value is None or isinstance(value, int | float | str) else str(value)

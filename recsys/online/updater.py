@@ -28,8 +28,9 @@ from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import python_values_to_proto_values
 
 from recsys.config import FeatureConfig
-from recsys.features import feast_compat, online_store
+from recsys.features import feast_compat, online_store, redis_claim
 from recsys.home import Paths
+from recsys.online.redis_state import RedisUserState, UserView
 from recsys.online.rows import US_PER_HOUR, funnel_row, interest_row, sequence_row, shift_row
 from recsys.online.state import STATE_FILE, Outcome, UserState, from_us, to_us
 
@@ -43,6 +44,10 @@ class Event:
     behavior: str
     event_time: datetime
     category_id: int | None = None
+    # a client's id of the event, and where it is stored: replicas sharing a Redis state
+    # apply it once and remember the source (``recsys.online.redis_state``)
+    event_id: str | None = None
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,10 @@ class InvalidEvent(ValueError):
 
 
 def user_rows(
-    state: UserState, user_id: int, as_of_us: int, config: FeatureConfig
+    state: UserState | RedisUserState | UserView,
+    user_id: int,
+    as_of_us: int,
+    config: FeatureConfig,
 ) -> dict[str, dict[str, Any]]:
     """The user's feature rows as of ``as_of_us``, keyed by push source (marts' definitions)."""
     stamp = from_us(as_of_us)
@@ -98,20 +106,32 @@ class FeastPushWriter:
         self.writer = online_store.online_writer(store)
 
     def __call__(self, rows: Mapping[str, dict[str, Any]]) -> None:
-        unknown = sorted(set(rows) - set(self.views))
-        if unknown:
-            raise KeyError(f"no feature view is fed by push source {unknown[0]!r}")
         if self.writer is None:
+            self._check(rows)
             for source, row in rows.items():
                 self._write_through_provider(source, row)
             return
-        self.writer.write(
-            [
-                online_store.encode_row(view, row)
-                for source, row in rows.items()
-                for view in self.views[source]
-            ]
-        )
+        self.writer.write(self._encoded(rows))
+
+    def queue(self, pipe: Any, rows: Mapping[str, dict[str, Any]]) -> None:
+        """Queue the rows' writes on ``pipe``, a Redis transaction of the online store's
+        database (``recsys.online.redis_state``), so that they commit with it."""
+        if not isinstance(self.writer, online_store.RedisWriter):
+            raise TypeError("rows are queued on a transaction of a Redis online store only")
+        self.writer.queue(pipe, self._encoded(rows))
+
+    def _check(self, rows: Mapping[str, dict[str, Any]]) -> None:
+        unknown = sorted(set(rows) - set(self.views))
+        if unknown:
+            raise KeyError(f"no feature view is fed by push source {unknown[0]!r}")
+
+    def _encoded(self, rows: Mapping[str, dict[str, Any]]) -> list[online_store.ViewRows]:
+        self._check(rows)
+        return [
+            online_store.encode_row(view, row)
+            for source, row in rows.items()
+            for view in self.views[source]
+        ]
 
     def _write_through_provider(self, source: str, row: dict[str, Any]) -> None:
         stamp = row["event_timestamp"].replace(tzinfo=UTC)
@@ -139,12 +159,14 @@ class OnlineUpdater:
     """Applies events one at a time and pushes the user's fresh rows to the online store.
 
     ``push(rows)`` writes one event's rows, keyed by push source name, in one go (one
-    transaction); ``OnlineUpdater.for_store`` wires it to ``FeastPushWriter``.
+    transaction); ``OnlineUpdater.for_store`` wires it to ``FeastPushWriter``. With a
+    ``RedisUserState`` the rows are queued on the transaction that records the event
+    (``push.queue(pipeline, rows)``), so the state and the online features change together.
     """
 
     def __init__(
         self,
-        state: UserState,
+        state: UserState | RedisUserState,
         *,
         push: Callable[[Mapping[str, dict[str, Any]]], None],
         catalogue: CategoryLookup,
@@ -165,7 +187,9 @@ class OnlineUpdater:
         via_push_api: bool = False,
     ) -> OnlineUpdater:
         """An updater for a home whose registry holds the push sources (``recsys features
-        apply``); the catalogue is the online ``item_stats`` view.
+        apply``); the catalogue is the online ``item_stats`` view. The state is the home's
+        SQLite file, or, when the store's online store is Redis, ``RedisUserState`` in the same
+        database (shared by every replica of the service).
 
         By default rows go through ``FeastPushWriter`` (the push sources' views, resolved once;
         one transaction per event); ``via_push_api=True`` calls
@@ -174,6 +198,9 @@ class OnlineUpdater:
         """
         config = config or FeatureConfig()
         push: Callable[[Mapping[str, dict[str, Any]]], None]
+        redis = store.config.online_store.type == "redis"
+        if via_push_api and redis:
+            raise ValueError("a Redis state writes its rows in its own transaction, not by push")
         if via_push_api:
 
             def push(rows: Mapping[str, dict[str, Any]]) -> None:
@@ -189,8 +216,15 @@ class OnlineUpdater:
             ).to_dict()
             return values["category_id"][0]
 
+        state: UserState | RedisUserState
+        if redis:
+            state = RedisUserState(
+                feast_compat.redis_client(store), config, home=redis_claim.home_id(paths)
+            )
+        else:
+            state = UserState(paths.feast / STATE_FILE, config)
         return cls(
-            UserState(paths.feast / STATE_FILE, config),
+            state,
             push=push,
             catalogue=catalogue,
             config=config,
@@ -209,8 +243,15 @@ class OnlineUpdater:
         except InvalidEvent as exc:
             self.state.quarantine(event, str(exc))
             return UpdateResult(Outcome.QUARANTINED, reason=str(exc))
-        outcome = self.state.record(
-            event.user_id, event.item_id, event.behavior, category_id, event_us
+        outcome, rows = self.state.apply(
+            event.user_id,
+            event.item_id,
+            event.behavior,
+            category_id,
+            event_us,
+            self._publish,
+            event.event_id,
+            event.source,
         )
         if outcome is Outcome.DUPLICATE:
             return UpdateResult(outcome, reason="already applied")
@@ -222,10 +263,17 @@ class OnlineUpdater:
                 f"{event.user_id} the online state holds: it may be counted already, so it "
                 "waits for the next build",
             )
-        as_of_us = self.state.latest_us(event.user_id) + 1
-        rows = user_rows(self.state, event.user_id, as_of_us, self.config)
-        self.push(rows)
         return UpdateResult(Outcome.APPLIED, rows=rows)
+
+    def _publish(self, state: Any, user_id: int, pipe: Any) -> dict[str, dict[str, Any]]:
+        """The user's rows as of just after their latest event, pushed now (``pipe`` None) or
+        queued on the state's transaction."""
+        rows = user_rows(state, user_id, state.latest_us(user_id) + 1, self.config)
+        if pipe is None:
+            self.push(rows)
+        else:
+            self.push.queue(pipe, rows)  # type: ignore[attr-defined]
+        return rows
 
     def apply_all(self, events: Iterable[Any]) -> list[UpdateResult]:
         return [self.apply(event) for event in events]

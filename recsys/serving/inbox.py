@@ -33,6 +33,12 @@ ids live in the inbox's ``event_ids`` table, written in the same transaction as 
 kept after the drain (for ``retention_s``, pruned by the drainer), so a retry is recognised
 after a restart too. Events without an id have only the natural key: a retry of one without an
 ``event_time`` gets a new server time, and is stored twice.
+
+Replicas (``recsys.serving.replicas``): each replica has its own inbox file and drains it as
+above; the warehouse's lock takes their drains one at a time, and the anti-join drops an event
+that two inboxes hold. The rows keep their ``event_id``, so that a row whose event id another
+replica applied (a client's retry there) is discarded instead of drained; string ids' keys come
+from Redis and are recorded here (``adopt``) for the drain.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ create table if not exists inbox (
     seq integer primary key autoincrement,
     user_id integer not null, item_id integer not null, category_id integer not null,
     behavior text not null, event_us integer not null, session_id text,
-    received_at text not null
+    received_at text not null, event_id text
 );
 create table if not exists event_ids (
     event_id text primary key, user_id integer not null, received_us integer not null
@@ -151,6 +157,9 @@ class EventInbox:
         self.con.execute("pragma synchronous = full")
         self.con.execute("pragma busy_timeout = 10000")
         self.con.executescript(INBOX_DDL)
+        columns = {row[1] for row in self.con.execute("pragma table_info(inbox)")}
+        if "event_id" not in columns:  # an inbox written before replicas kept event ids
+            self.con.execute("alter table inbox add column event_id text")
 
     def close(self) -> None:
         self.con.close()
@@ -176,7 +185,7 @@ class EventInbox:
                 seqs.append(
                     con.execute(
                         "insert into inbox (user_id, item_id, category_id, behavior, event_us, "
-                        "session_id, received_at) values (?, ?, ?, ?, ?, ?, ?)",
+                        "session_id, received_at, event_id) values (?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             e.user_id,
                             e.item_id,
@@ -185,6 +194,7 @@ class EventInbox:
                             e.event_us,
                             e.session_id,
                             received.isoformat(),
+                            e.event_id,
                         ),
                     ).lastrowid
                 )
@@ -222,6 +232,14 @@ class EventInbox:
             raise
         return keys
 
+    def adopt(self, dim: str, keys: dict[str, int]) -> None:
+        """Record keys another replica gave string ids (``recsys.serving.replicas``), so that
+        this inbox's drain writes them into the dims with the events that use them."""
+        self.con.executemany(
+            "insert or ignore into source_keys (dim, source_id, key) values (?, ?, ?)",
+            [(dim, source_id, key) for source_id, key in keys.items()],
+        )
+
     def keys_to_drain(self, rows: list[tuple]) -> list[tuple]:
         """(dim, source_id, key) of the service's keys not drained yet or used by ``rows``
         (inbox rows about to be drained)."""
@@ -239,15 +257,20 @@ class EventInbox:
         )
 
     def pending(self, *, up_to: int | None = None, limit: int | None = None) -> list[tuple]:
-        """Rows (seq, user_id, item_id, category_id, behavior, event_us, session_id) in order."""
+        """Rows (seq, user_id, item_id, category_id, behavior, event_us, session_id, event_id)
+        in order."""
         return self.con.execute(
-            "select seq, user_id, item_id, category_id, behavior, event_us, session_id "
+            "select seq, user_id, item_id, category_id, behavior, event_us, session_id, event_id "
             "from inbox where seq <= ? order by seq limit ?",
             (up_to if up_to is not None else 2**62, limit if limit is not None else -1),
         ).fetchall()
 
     def remove(self, up_to: int) -> None:
         self.con.execute("delete from inbox where seq <= ?", (up_to,))
+
+    def discard(self, seq: int) -> None:
+        """Delete one row: its event reaches the warehouse from another replica's inbox."""
+        self.con.execute("delete from inbox where seq = ?", (seq,))
 
     def forget(self, user_id: int) -> int:
         """Delete the user's events not drained yet, their event ids and the string id the
@@ -290,7 +313,7 @@ def _keys_arrow(keys: list[tuple]) -> pa.Table:
 
 
 def _as_arrow(rows: list[tuple]) -> pa.Table:
-    seq, user, item, category, behavior, event_us, session = zip(*rows, strict=True)
+    seq, user, item, category, behavior, event_us, session, _ = zip(*rows, strict=True)
     return pa.table(
         {
             "seq": pa.array(seq, pa.int64()),

@@ -5,6 +5,10 @@ rows from two updaters. The holder writes who it is (pid, host name, address, st
 the file, so a second start fails in one line that names it. The kernel drops the lock when the
 holder's process ends, even by ``kill -9``; the file itself stays (deleting it would let a
 third process lock a new file while the second still holds the old one).
+
+Replicas (a Redis online store: state shared in Redis, one inbox each) hold the home's lock
+shared, so any number of them run while a single SQLite-backed service is kept off, and each
+holds its own replica's lock exclusively, so no two processes replay and drain one inbox.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ class ServiceLock:
         self._handle = handle
 
     @classmethod
-    def acquire(cls, path: Path, *, address: str) -> ServiceLock:
-        """Take the lock or raise ``ServingError`` naming its holder."""
+    def acquire(cls, path: Path, *, address: str, shared: bool = False) -> ServiceLock:
+        """Take the lock (``shared``: along with other replicas) or raise ``ServingError``
+        naming its holder."""
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(handle)
             os.close(handle)
@@ -40,14 +45,20 @@ class ServiceLock:
                 f"another service runs on this home ({holder}); stop it first, or give this "
                 f"one its own --home (lock: {path})"
             ) from None
-        me = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "address": address,
-            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        os.ftruncate(handle, 0)
-        os.pwrite(handle, json.dumps(me).encode(), 0)
+        # Replicas all write the same line, so that none overwrites another's with its own.
+        me = (
+            {"replicas": True}
+            if shared
+            else {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "address": address,
+                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
+        body = json.dumps(me).encode()
+        os.pwrite(handle, body, 0)
+        os.ftruncate(handle, len(body))
         return cls(path, handle)
 
     def release(self) -> None:
@@ -60,6 +71,8 @@ def _holder(handle: int) -> str:
     """The holder's line as it wrote it, or what can be said without it."""
     try:
         found = json.loads(os.pread(handle, 4096, 0) or b"{}")
+        if found.get("replicas"):
+            return "replicas sharing a Redis online store; each listens on its own address"
         return (
             f"pid {found['pid']} on {found['host']}, listening on {found['address']}, "
             f"since {found['started_at']}"

@@ -9,12 +9,22 @@ warehouse's item statistics ("degraded: no model").
 request is a job on it, one at a time, so the updater's, the inbox's and Feast's SQLite
 connections are used by one thread only, and the event loop stays free to answer (/healthz
 within milliseconds while a 1,000-event batch is applied).
+
+Replicas: with a Redis online store any number of service processes serve one home. The online
+features and the updater's state are in Redis (``recsys.online.redis_state``: an event is
+applied once, whichever replica gets it), and so are the string ids' keys, learned items and
+event ids' sources (``recsys.serving.replicas``); each replica keeps its own inbox
+(``ServiceSettings.inbox``) and drains it into the warehouse under the warehouse's lock, as a
+single service does. Nothing a request reads is cached in a process, so an event posted to one
+replica shows in every replica's next answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +42,7 @@ from recsys.ranking.tables import ItemTables
 from recsys.serving.catalogue import Catalogue, load_catalogue
 from recsys.serving.inbox import EventInbox, InboxDrainer, InboxEvent
 from recsys.serving.lock import ServiceLock
+from recsys.serving.replicas import SharedIds, source_of
 from recsys.serving.schemas import EventIn, utc_now
 from recsys.serving.settings import ServiceSettings, ServingError
 from recsys.warehouse.connect import WarehouseBusyError
@@ -129,6 +140,9 @@ class Service:
     drainer: InboxDrainer
     model: ModelState
     lock: ServiceLock
+    # replicas only: this replica's own lock, and what the replicas share in Redis
+    replica_lock: ServiceLock | None = None
+    shared: SharedIds | None = None
 
     @classmethod
     def start(
@@ -138,24 +152,30 @@ class Service:
         model: ModelState | None = None,
         catalogue: Catalogue | None = None,
     ) -> Service:
-        """Take the home's service lock, then load and wire everything (waiting up to
-        ``start_lock_timeout_s`` for the warehouse). ``model`` and ``catalogue`` replace what
-        would be loaded from the home (tests). Raises ``ServingError`` (one line)."""
-        lock = ServiceLock.acquire(settings.lock, address=f"{settings.host}:{settings.port}")
+        """Take the home's service lock (replicas: shared, and their replica's own), then load
+        and wire everything (waiting up to ``start_lock_timeout_s`` for the warehouse).
+        ``model`` and ``catalogue`` replace what would be loaded from the home (tests). Raises
+        ``ServingError`` (one line)."""
+        address = f"{settings.host}:{settings.port}"
+        replica_path = settings.replica_lock
+        lock = ServiceLock.acquire(settings.lock, address=address, shared=replica_path is not None)
+        locks = [lock]
         try:
-            return cls._wire(settings, lock, model, catalogue)
-        except WarehouseBusyError as exc:
-            lock.release()
-            raise ServingError(f"cannot start: {exc}") from None
-        except BaseException:
-            lock.release()
+            if replica_path is not None:
+                locks.append(ServiceLock.acquire(replica_path, address=address))
+            return cls._wire(settings, locks, model, catalogue)
+        except BaseException as exc:
+            for held in locks:
+                held.release()
+            if isinstance(exc, WarehouseBusyError):
+                raise ServingError(f"cannot start: {exc}") from None
             raise
 
     @classmethod
     def _wire(
         cls,
         settings: ServiceSettings,
-        lock: ServiceLock,
+        locks: list[ServiceLock],
         model: ModelState | None,
         catalogue: Catalogue | None,
     ) -> Service:
@@ -179,8 +199,11 @@ class Service:
         updater = OnlineUpdater.for_store(paths, store, config=settings.features)
         updater.catalogue = catalogue.category_of
         if updater.state.seeded_as_of() is None:  # materialised before seeding existed, or lost
-            report = seed_state(paths, config=settings.features, lock_timeout_s=wait_s)
+            report = seed_state(
+                paths, config=settings.features, lock_timeout_s=wait_s, online=online
+            )
             log.info(report.summary())
+        _adopt_single_service_inbox(settings)
         drainer = InboxDrainer(
             paths,
             settings.inbox,
@@ -197,9 +220,10 @@ class Service:
             EventInbox(settings.inbox),
             drainer,
             model or load_model(settings),
-            lock,
+            *locks,
+            shared=None if settings.replica_id is None else SharedIds(updater.state.client),
         )
-        drainer.on_remap = lambda dim, source_id, key: catalogue.ids.maps[dim].add(key, source_id)
+        drainer.on_remap = service.remapped
         service.recover()
         drainer.start()
         return service
@@ -208,8 +232,9 @@ class Service:
         """Replay the inbox's rows through the online updater (a crash may have come between
         the inbox commit and the update; duplicates are dropped), then drain them."""
         rows = self.inbox.pending()
-        for _, user, item, category, behavior, event_us, _ in rows:
-            self.updater.apply(Event(user, item, behavior, from_us(event_us), category))
+        for seq, user, item, category, behavior, event_us, session, event_id in rows:
+            event = InboxEvent(user, item, category, behavior, event_us, session, event_id)
+            self._drop_if_elsewhere(seq, event, self._apply(seq, event, {})[0])
         if rows:
             self.drainer.applied = rows[-1][0]
             log.info("replayed %d inbox events", len(rows))
@@ -225,7 +250,40 @@ class Service:
             log.warning("events left in the inbox for the next start: %s", exc)
         self.inbox.close()
         self.updater.close()
+        if self.replica_lock is not None:
+            self.replica_lock.release()
         self.lock.release()
+
+    def remapped(self, dim: str, source_id: str, key: int) -> None:
+        """The warehouse kept its own key for a string id this service gave a key."""
+        self.catalogue.ids.maps[dim].add(key, source_id)
+        if self.shared is not None:
+            self.shared.remap(dim, source_id, key)
+
+    def key(self, column: str, value: int | str) -> int | None:
+        """The key of an id as in the source (``column``: user_id | item_id | category_id);
+        a replica also finds string ids another replica gave a key."""
+        known = self.catalogue.ids.of(column)
+        key = known.key(value)
+        if key is None and self.shared is not None:
+            dim, source_id = DIMS[column], source_text(value)
+            key = self.shared.key(dim, source_id)
+            if key is not None:
+                known.add(key, source_id)
+                self.inbox.adopt(dim, {source_id: key})
+        return key
+
+    def _drop_if_elsewhere(self, seq: int, event: InboxEvent, outcome: str) -> None:
+        """Delete an inbox row whose event id another replica applied from its own row (a
+        client's retry): that row reaches the warehouse, this one must not (without an
+        ``event_time`` the two rows' times differ, so the drain could not tell them apart)."""
+        if self.shared is None or event.event_id is None or outcome != Outcome.DUPLICATE.value:
+            return
+        if self.shared.source_of_event(event.event_id) not in (None, self._source(seq)):
+            self.inbox.discard(seq)
+
+    def _source(self, seq: int) -> str:
+        return source_of(self.settings.replica_id or "", seq)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """The body of /readyz and whether the online store answered."""
@@ -250,7 +308,7 @@ class Service:
     def interests(self, user: int | str) -> dict[str, Any] | None:
         """The body of GET /v1/users/{user_id}/interests (``user`` as in the source); None for
         a user without features."""
-        user_id = self.catalogue.ids.of("user_id").key(user)
+        user_id = self.key("user_id", user)
         profile = None if user_id is None else self.reader.read(user_id)
         return None if profile is None else interests_payload(self, profile)
 
@@ -263,7 +321,7 @@ class Service:
         from recsys.forget import forget_user
 
         users = self.catalogue.ids.of("user_id")
-        user_id = users.key(user)
+        user_id = self.key("user_id", user)
         if user_id is not None and user_id >= SERVICE_BASE:
             self.drainer.drain(self.inbox)
         with self.drainer.paused():
@@ -278,7 +336,7 @@ class Service:
     def recommendations(self, user: int | str, k: int, exclude_purchased: bool) -> dict[str, Any]:
         """The body of GET /v1/users/{user_id}/recommendations (``user`` as in the source; a
         user never seen gets the cold start)."""
-        user_id = self.catalogue.ids.of("user_id").key(user)
+        user_id = self.key("user_id", user)
         profile = None if user_id is None else self.reader.read(user_id)
         return self.recommend(user, user_id, profile, k, exclude_purchased)
 
@@ -369,7 +427,7 @@ class Service:
             if category is not None:
                 category = ids.of("category_id").key(category)
             elif item_id is not None:
-                category = self.catalogue.category_of(item_id)
+                category = self._category_of(item_id)
             if category is None or item_id is None or user_id is None:
                 reason = f"unknown item {e.item_id} without a category_id (not in item_stats)"
                 self.updater.state.quarantine(_event(e, now, None), reason)
@@ -401,7 +459,8 @@ class Service:
                 )
                 continue
             try:
-                outcome, reason = self._apply(s, profiles)
+                outcome, reason = self._apply(seq, s, profiles)
+                self._drop_if_elsewhere(seq, s, outcome)
             except Exception as exc:
                 log.exception("online update of a stored event failed")
                 outcome = "stored"
@@ -433,16 +492,41 @@ class Service:
             if not source_ids:
                 continue
             known = ids.of(column)
-            for source_id, key in self.inbox.allocate(
-                DIMS[column], sorted(source_ids), known.service_top
-            ).items():
+            dim = DIMS[column]
+            if self.shared is None:
+                keys = self.inbox.allocate(dim, sorted(source_ids), known.service_top)
+            else:
+                keys = self.shared.allocate(dim, sorted(source_ids), known.service_top)
+                self.inbox.adopt(dim, keys)
+            for source_id, key in keys.items():
                 known.add(key, source_id)
 
-    def _apply(self, s: InboxEvent, profiles: dict[int, UserProfile | None]) -> tuple[str, str]:
-        """Apply one stored event online; records the user's fresh profile in ``profiles``."""
+    def _category_of(self, item_id: int) -> int | None:
+        """The item's category: the catalogue's, else one a replica learned from an event."""
+        category = self.catalogue.category_of(item_id)
+        if category is None and self.shared is not None:
+            category = self.shared.category_of(item_id)
+            if category is not None:
+                self.catalogue.learn(item_id, category)
+        return category
+
+    def _apply(
+        self, seq: int, s: InboxEvent, profiles: dict[int, UserProfile | None]
+    ) -> tuple[str, str]:
+        """Apply inbox row ``seq`` online; records the user's fresh profile in ``profiles``."""
+        if self.shared is not None and self.catalogue.category_of(s.item_id) is None:
+            self.shared.learn(s.item_id, s.category_id)
         self.catalogue.learn(s.item_id, s.category_id)
         update = self.updater.apply(
-            Event(s.user_id, s.item_id, s.behavior, from_us(s.event_us), s.category_id)
+            Event(
+                s.user_id,
+                s.item_id,
+                s.behavior,
+                from_us(s.event_us),
+                s.category_id,
+                s.event_id,
+                self._source(seq),
+            )
         )
         if update.rows is not None:
             profiles[s.user_id] = self.reader.profile_from_rows(s.user_id, update.rows)
@@ -573,3 +657,16 @@ def interests_payload(service: Service, profile: UserProfile) -> dict[str, Any]:
         "shift": {name: ids.shown(name, profile.get(name)) for name in SHIFT_FIELDS},
         "migrations": migrations,
     }
+
+
+def _adopt_single_service_inbox(settings: ServiceSettings) -> None:
+    """A replica takes over the inbox that a single service of the home left (``inbox.db``,
+    from before replicas), so that its acknowledged events are replayed and drained. One rename:
+    of replicas starting together, one wins and the others find the file gone."""
+    if settings.replica_id is None:
+        return
+    legacy = settings.inbox.with_name("inbox.db")
+    if legacy.exists() and not settings.inbox.exists():
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(legacy, settings.inbox)
+            log.info("took over the single service's inbox %s", legacy)

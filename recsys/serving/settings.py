@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +15,10 @@ from recsys.home import Paths
 if TYPE_CHECKING:
     from recsys.features.repo import OnlineStoreSettings
     from recsys.serving.auth import ApiKeys
+
+
+REPLICA_ENV = "RECSYS_REPLICA"
+_REPLICA_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class ServingError(Exception):
@@ -42,6 +48,11 @@ class ServiceSettings:
     None nobody is asked for a key, so the service may only listen on a loopback ``host``
     (anything else raises ``ServingError``). ``host`` and ``port`` are where it listens; the
     home's service lock names them.
+
+    With a Redis ``online`` store the process is one of any number of replicas serving the
+    home (the online features and the updater's state live in Redis): ``replica`` names it
+    (default ``$RECSYS_REPLICA``, else "<host>-<port>"), and it keeps its own inbox,
+    ``<home>/serving/inbox-<replica>.db``, which the same replica drains on its next start.
     """
 
     paths: Paths
@@ -76,8 +87,15 @@ class ServiceSettings:
     # Recent migrations (interest_migrations) shown and used in reasons: detected within this
     # window before the user's latest features.
     migration_window_hours: float = 7 * 24.0
+    replica: str | None = None
 
     def __post_init__(self) -> None:
+        named = self.replica or os.environ.get(REPLICA_ENV)
+        if named is not None and not _REPLICA_ID.fullmatch(named):
+            raise ServingError(
+                f"a replica id ({REPLICA_ENV}) is 1 to 64 letters, digits, '_', '.' or '-', "
+                f"got {named!r}"
+            )
         if self.api_keys is None and not is_loopback(self.host):
             raise ServingError(
                 f"refusing to listen on {self.host} without API keys: set RECSYS_API_KEYS or "
@@ -89,10 +107,26 @@ class ServiceSettings:
         return self.model_dir if self.model_dir is not None else self.paths.models
 
     @property
+    def replica_id(self) -> str | None:
+        """This replica's id; None when the service is the home's only one (SQLite)."""
+        if self.online is None or self.online.kind != "redis":
+            return None
+        named = self.replica or os.environ.get(REPLICA_ENV)
+        return named or re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.host}-{self.port}")
+
+    @property
     def inbox(self) -> Path:
-        return self.paths.home / "serving" / "inbox.db"
+        replica = self.replica_id
+        name = "inbox.db" if replica is None else f"inbox-{replica}.db"
+        return self.paths.home / "serving" / name
 
     @property
     def lock(self) -> Path:
-        """The lock file that keeps a second service off this home."""
+        """The lock file that keeps a second service off this home (replicas share it)."""
         return self.paths.home / "service.lock"
+
+    @property
+    def replica_lock(self) -> Path | None:
+        """The lock file that keeps a second process off this replica's inbox."""
+        replica = self.replica_id
+        return None if replica is None else self.paths.home / "serving" / f"replica-{replica}.lock"

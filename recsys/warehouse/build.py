@@ -1,21 +1,27 @@
-"""Build the SQL feature layer: views from sql/, mart tables, and the Feast Parquet exports.
+"""Build the SQL feature layer: the dbt project in sql/, mart tables, and the Feast Parquet exports.
 
-Layers, in order: ``sql/staging`` -> ``sql/intermediate`` -> ``sql/marts`` -> ``sql/exports``.
-Every file holds one view named after the file. The views live in the ``live`` schema and compute
-everything as of ``stg_params.as_of``: the ``as_of`` DuckDB variable when set, else the build's
-as_of stored in ``recsys_params``. A build then
+The models live in the dbt project ``sql/`` (``recsys.warehouse.dbt``): ``staging`` ->
+``intermediate`` -> ``marts`` -> ``exports``, one model per file named by its file. They are
+views in the ``live`` schema that compute everything as of ``stg_params.as_of``: the ``as_of``
+DuckDB variable when set, else the as_of of the build (``build.recsys_params``). A build then
 
-1. writes ``recsys_params`` and ``behavior_weights`` from :class:`FeatureConfig` (Python is the
-   single source of truth; the online updater reads the same config),
-2. (re)creates the views and materialises every mart as a table of the same name in ``main``,
-   all in one transaction, so readers see either the old or the new build,
+1. writes ``build.recsys_params`` and ``build.behavior_weights`` from :class:`FeatureConfig`
+   (Python is the single source of truth; the online updater reads the same config),
+2. runs ``dbt build`` in process: it (re)creates the views, computes each mart as a staged table
+   ``main.<mart>__next`` and runs every data test of ``sql/tests`` on the staged tables. A failing
+   model or test stops the build here, and the previous marts and exports stay published,
 3. exports the Feast files: the ``exports`` views evaluated at each snapshot time T (``set
    variable as_of = T``), stacked with ``event_timestamp = T``, into a new folder sealed with a
-   manifest, before the marts commit; right after the commit the folder is published as
-   ``features/`` by one rename (``recsys.warehouse.exports``). A build killed before its
-   commit leaves the previous marts and exports; killed between the commit and that rename, it
-   leaves new marts beside the previous exports, which ``recsys features materialize`` refuses
-   (their as_of differ) until ``recsys build`` runs again.
+   manifest,
+4. publishes in one transaction: each staged table is renamed to ``main.<mart>`` and the
+   parameters are copied to ``main.recsys_params`` and ``main.behavior_weights``; right after the
+   commit the export folder is published as ``features/`` by one rename
+   (``recsys.warehouse.exports``). A build killed before that commit leaves the previous marts
+   and exports; killed between the commit and that rename, it leaves new marts beside the
+   previous exports, which ``recsys features materialize`` refuses (their as_of differ) until
+   ``recsys build`` runs again.
+
+The ``live`` views always follow the latest build attempt; readers use the published tables.
 
 Snapshots are the 00:00 UTC boundaries after days that have events, plus the final as_of. A
 snapshot row is written for an entity only when it has events in the day before T (its features
@@ -27,7 +33,6 @@ The default as_of is the last event time plus one microsecond, so every event co
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,16 +45,16 @@ import duckdb
 
 from recsys.config import FeatureConfig
 from recsys.home import Paths
-from recsys.warehouse import exports
+from recsys.warehouse import dbt, exports
 from recsys.warehouse.connect import DEFAULT_LOCK_TIMEOUT_S, connect
+from recsys.warehouse.dbt import STAGED_SUFFIX, project_dir
 from recsys.warehouse.ids import create_source_id_views
 from recsys.warehouse.schema import BEHAVIORS
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
-LAYERS: tuple[str, ...] = ("staging", "intermediate", "marts", "exports")
 VIEW_SCHEMA = "live"
 MEMORY_LIMIT = "4GB"
-MATERIALIZED_MARK = "-- materialized: table"
+# the inputs of the latest build attempt, which dbt reads as its `build_inputs` source
+BUILD_SCHEMA = "build"
 
 # Feast export file -> (exports view, entity key)
 EXPORTS: dict[str, tuple[str, str]] = {
@@ -62,7 +67,8 @@ EXPORTS: dict[str, tuple[str, str]] = {
 
 
 class BuildError(Exception):
-    """The feature layer cannot be built from this warehouse or sql/ folder."""
+    """The feature layer cannot be built from this warehouse or sql/ folder, or a data test of
+    sql/tests failed (nothing was published then)."""
 
 
 @dataclass(frozen=True)
@@ -88,19 +94,6 @@ class MigrationRule:
 
 
 @dataclass(frozen=True)
-class SqlModel:
-    """One view: sql/<layer>/<name>.sql."""
-
-    name: str
-    layer: str
-    sql: str
-    depends_on: frozenset[str]
-    # a `-- materialized: table` line makes it a table computed once per build (it must not
-    # depend on as_of), which the views then read instead of recomputing it
-    materialized: bool = False
-
-
-@dataclass(frozen=True)
 class BuildReport:
     """What a build produced: rows per mart and per export file, and seconds per step."""
 
@@ -110,6 +103,7 @@ class BuildReport:
     export_rows: dict[str, int]
     snapshots: int
     seconds: dict[str, float] = field(default_factory=dict)
+    plan: str = "full"  # Plan.reason: full (and why) or incremental
 
     def summary(self):  # -> rich renderable; rich is imported lazily like the CLI does
         from rich.table import Table
@@ -122,93 +116,26 @@ class BuildReport:
         for name, rows in self.export_rows.items():
             table.add_row(f"features/{name}", f"{rows:,}")
         steps = ", ".join(f"{step} {secs:.1f}s" for step, secs in self.seconds.items())
-        table.caption = f"{self.snapshots} snapshot(s); {steps}"
+        table.caption = f"{self.plan}; {self.snapshots} snapshot(s); {steps}"
         return table
 
 
-def sql_dir() -> Path:
-    """The repository's sql/ folder (the package is installed editable from the repository)."""
-    if not SQL_DIR.is_dir():
-        raise BuildError(f"sql/ folder not found at {SQL_DIR}; install recsys editable (pip -e .)")
-    return SQL_DIR
-
-
-def _strip_comments(sql: str) -> str:
-    return re.sub(r"--[^\n]*", "", sql)
-
-
-def load_models(directory: Path | None = None) -> list[SqlModel]:
-    """All views of sql/, ordered so that each comes after the views it reads."""
-    directory = directory or sql_dir()
-    paths = [
-        (layer, path) for layer in LAYERS for path in sorted((directory / layer).glob("*.sql"))
-    ]
-    files = {path.stem: (layer, path.read_text()) for layer, path in paths}
-    if len(files) != len(paths):
-        raise BuildError(f"two sql/ files share a view name in {directory}")
-    models = {
-        name: SqlModel(
-            name=name,
-            layer=layer,
-            sql=sql,
-            depends_on=frozenset(
-                other
-                for other in files
-                if other != name and re.search(rf"\b{other}\b", _strip_comments(sql))
-            ),
-            materialized=MATERIALIZED_MARK in sql.splitlines(),
-        )
-        for name, (layer, sql) in files.items()
-    }
-    ordered: list[SqlModel] = []
-    done: set[str] = set()
-    pending = sorted(models.values(), key=lambda m: (LAYERS.index(m.layer), m.name))
-    while pending:
-        ready = [m for m in pending if m.depends_on <= done]
-        if not ready:
-            raise BuildError(f"circular references among {', '.join(m.name for m in pending)}")
-        for model in ready:
-            late = [
-                d
-                for d in model.depends_on
-                if LAYERS.index(models[d].layer) > LAYERS.index(model.layer)
-            ]
-            if late:
-                raise BuildError(f"{model.layer} model {model.name} reads later-layer {late}")
-        ordered.extend(ready)
-        done.update(m.name for m in ready)
-        pending = [m for m in pending if m.name not in done]
-    return ordered
-
-
-def load_data_tests(directory: Path | None = None) -> dict[str, str]:
-    """sql/tests/<name>.sql -> query returning the offending rows (none means pass)."""
-    directory = directory or sql_dir()
-    return {path.stem: path.read_text() for path in sorted((directory / "tests").glob("*.sql"))}
-
-
-def run_data_tests(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Offending-row count per data test, run against the materialised marts."""
-    return {
-        name: con.execute(f"select count(*) from ({sql})").fetchone()[0]
-        for name, sql in load_data_tests().items()
-    }
-
-
-def _utc_naive(moment: datetime) -> datetime:
+def utc_naive(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def write_params(
     con: duckdb.DuckDBPyConnection, *, as_of: datetime, config: FeatureConfig, rule: MigrationRule
 ) -> None:
-    """Store the config as the one-row ``recsys_params`` and the ``behavior_weights`` tables."""
+    """Store the config as the build's inputs: the one-row ``build.recsys_params`` and the
+    ``build.behavior_weights`` tables."""
     missing = sorted(set(BEHAVIORS) - set(config.behavior_weights))
     if missing:
         raise BuildError(f"FeatureConfig.behavior_weights has no weight for {missing}")
+    con.execute(f"create schema if not exists {BUILD_SCHEMA}")
     con.execute(
-        """
-        create or replace table recsys_params as select
+        f"""
+        create or replace table {BUILD_SCHEMA}.recsys_params as select
             ?::timestamp as as_of,
             ?::double as short_half_life_seconds,
             ?::double as long_half_life_seconds,
@@ -221,7 +148,10 @@ def write_params(
             ?::double as migration_max_long_share,
             ?::integer as migration_min_category_events,
             ?::double as migration_min_purity,
-            ?::double as migration_cooldown_seconds
+            ?::double as migration_cooldown_seconds,
+            ?::varchar as sql_checksum,
+            (select max(ingested_at) from events) as ingested_through,
+            now()::timestamp as built_at
         """,
         [
             as_of,
@@ -237,12 +167,100 @@ def write_params(
             rule.min_category_events,
             rule.min_purity,
             rule.cooldown_hours * 3600,
+            dbt.project_checksum(),
         ],
     )
-    con.execute("create or replace table behavior_weights (behavior varchar, weight double)")
-    con.executemany(
-        "insert into behavior_weights values (?, ?)", list(config.behavior_weights.items())
+    con.execute(
+        f"create or replace table {BUILD_SCHEMA}.behavior_weights (behavior varchar, weight double)"
     )
+    con.executemany(
+        f"insert into {BUILD_SCHEMA}.behavior_weights values (?, ?)",
+        list(config.behavior_weights.items()),
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a build runs: ``full`` (dbt's --full-refresh) or incremental, why, and which
+    published snapshots the exports keep (``reuse_before``: those before it; None: none)."""
+
+    full: bool
+    reason: str
+    # the live views must be (re)created: the published build ran other SQL, or none
+    views: bool = True
+    reuse_before: datetime | None = None
+    # why an incremental build re-exports every snapshot (reuse_before is None)
+    export_note: str = ""
+
+
+# recsys_params columns that differ between builds over the same parameters
+_TIMES = ("as_of", "ingested_through", "built_at")
+
+
+def _columns(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> set[str]:
+    return {
+        row[0]
+        for row in con.execute(
+            "select column_name from information_schema.columns "
+            "where table_schema = ? and table_name = ?",
+            [schema, table],
+        ).fetchall()
+    }
+
+
+def plan_build(
+    con: duckdb.DuckDBPyConnection, paths: Paths, *, as_of: datetime, full: bool
+) -> Plan:
+    """Full or incremental: incremental when the last published build used the same parameters,
+    weights and SQL, and its event stream is there (call after :func:`write_params`)."""
+    same_sql = "sql_checksum" in _columns(con, "main", "recsys_params") and con.execute(
+        f"select count(*) from main.recsys_params join {BUILD_SCHEMA}.recsys_params "
+        "using (sql_checksum)"
+    ).fetchone() == (1,)
+    if full:
+        return Plan(full=True, reason="full: --full", views=not same_sql)
+    if not {*_TIMES, "sql_checksum"} <= _columns(con, "main", "recsys_params"):
+        return Plan(full=True, reason="full: no previous build to continue")
+    if "ingested_at" not in _columns(con, VIEW_SCHEMA, "int_event_stream"):
+        return Plan(full=True, reason="full: no event stream to continue", views=not same_sql)
+    exclude = ", ".join(_TIMES)
+    (changed,) = con.execute(
+        f"""
+        select (select count(*) from (
+            select * exclude ({exclude}) from {BUILD_SCHEMA}.recsys_params
+            except all select * exclude ({exclude}) from main.recsys_params))
+        + (select count(*) from (
+            from {BUILD_SCHEMA}.behavior_weights except all from main.behavior_weights))
+        + (select count(*) from (
+            from main.behavior_weights except all from {BUILD_SCHEMA}.behavior_weights))
+        """
+    ).fetchone()
+    if changed:
+        reason = "full: the parameters, weights or sql/ changed"
+        return Plan(full=True, reason=reason, views=not same_sql)
+    previous_as_of, ingested_through, built_at = con.execute(
+        f"select {exclude} from main.recsys_params"
+    ).fetchone()
+    published = exports.verify(paths.features) if paths.features.is_dir() else None
+    (forgotten,) = con.execute(
+        "select count(*) from forgotten_users where forgotten_at >= ?", [built_at]
+    ).fetchone()
+    if published is None or published.as_of != previous_as_of or as_of < previous_as_of:
+        note = "every snapshot re-exported: the published exports are not the last build's"
+        return Plan(full=False, reason="incremental", views=False, export_note=note)
+    if forgotten:
+        # a forgotten user's events left the item aggregates of every earlier snapshot
+        note = "every snapshot re-exported after `recsys forget`"
+        return Plan(full=False, reason="incremental", views=False, export_note=note)
+    (first_new,) = con.execute(
+        "select min(event_time) from events where ingested_at > ?", [ingested_through]
+    ).fetchone()
+    before = (
+        previous_as_of
+        if first_new is None
+        else min(previous_as_of, first_new + timedelta(microseconds=1))
+    )
+    return Plan(full=False, reason="incremental", views=False, reuse_before=before)
 
 
 def snapshot_times(con: duckdb.DuckDBPyConnection, as_of: datetime) -> list[datetime]:
@@ -272,21 +290,34 @@ def _write_parquet(con: duckdb.DuckDBPyConnection, query: str, target: Path) -> 
     con.execute(f"copy ({query}) to ? (format parquet)", [str(target)])
 
 
+@dataclass(frozen=True)
+class Reuse:
+    """The snapshots an incremental build keeps from the published exports: those before
+    ``before``, which no new event can change (each is computed from events before its time)."""
+
+    folder: Path
+    before: datetime
+
+
 def export_features(
     con: duckdb.DuckDBPyConnection,
     folder: Path,
     times: list[datetime],
     *,
+    reuse: Reuse | None = None,
     step: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
-    """Write the Feast files into ``folder``, one stacked row set per snapshot time; returns
-    rows per file."""
+    """Write the Feast files into ``folder``, one stacked row set per snapshot time (those before
+    ``reuse.before`` copied from ``reuse.folder``); returns rows per file."""
     for view, _ in EXPORTS.values():
         con.execute(
             f"create or replace temp table stack_{view} as from {VIEW_SCHEMA}.{view} limit 0"
         )
     previous: datetime | None = None
     for moment in times:
+        if reuse and moment < reuse.before:
+            previous = moment
+            continue
         final = moment == times[-1]
         with _as_of_variable(con, moment):
             for view, key in EXPORTS.values():
@@ -306,6 +337,11 @@ def export_features(
             step(f"snapshot {moment.isoformat()}")
     rows = {}
     for file, (view, key) in EXPORTS.items():
+        if reuse:
+            con.execute(
+                f"insert into stack_{view} select * from read_parquet(?) where event_timestamp < ?",
+                [str(reuse.folder / file), reuse.before],
+            )
         _write_parquet(
             con,
             f"select * from stack_{view} order by event_timestamp, {key}",
@@ -316,23 +352,7 @@ def export_features(
     return rows
 
 
-def _create_model(con: duckdb.DuckDBPyConnection, model: SqlModel) -> None:
-    """The model's view in the live schema, or its table when it is materialised."""
-    kind = "table" if model.materialized else "view"
-    (existing,) = con.execute(
-        "select any_value(table_type) from information_schema.tables "
-        "where table_schema = ? and table_name = ?",
-        [VIEW_SCHEMA, model.name],
-    ).fetchone()
-    if existing and (existing == "VIEW") != (kind == "view"):  # the model changed kind
-        con.execute(f"drop {'view' if existing == 'VIEW' else 'table'} {VIEW_SCHEMA}.{model.name}")
-    # a view binds its names in its own schema; a table's query needs the schema on the path
-    con.execute(f"set search_path = '{VIEW_SCHEMA},main'")
-    con.execute(f"create or replace {kind} {VIEW_SCHEMA}.{model.name} as {model.sql}")
-    con.execute("reset search_path")
-
-
-def _event_range(con: duckdb.DuckDBPyConnection, paths: Paths) -> tuple[int, datetime, datetime]:
+def event_range(con: duckdb.DuckDBPyConnection, paths: Paths) -> tuple[int, datetime, datetime]:
     count, first, last = con.execute(
         "select count(*), min(event_time), max(event_time) from events"
     ).fetchone()
@@ -341,6 +361,73 @@ def _event_range(con: duckdb.DuckDBPyConnection, paths: Paths) -> tuple[int, dat
             f"the warehouse at {paths.warehouse} has no events; run `recsys ingest FILE` first"
         )
     return count, first, last
+
+
+def marts() -> list[str]:
+    """The names of the marts: the analysts' tables main.<mart> (sql/models/marts/<mart>.sql)."""
+    return sorted(path.stem for path in (project_dir() / "models" / "marts").glob("*.sql"))
+
+
+def data_test_failures(paths: Paths) -> dict[str, int]:
+    """Offending-row count per data test of sql/tests, run by dbt on the published marts."""
+    return {
+        result.name: result.failures or (0 if result.ok else -1)
+        for result in dbt.run(paths, "test")
+        if result.resource_type == "test"
+    }
+
+
+def _run_dbt_build(
+    con: duckdb.DuckDBPyConnection,
+    paths: Paths,
+    plan: Plan,
+    step: Callable[[str], None] | None,
+) -> None:
+    """``dbt build`` into the staged tables (``--full-refresh`` for a full plan; the views only
+    when the plan needs them); raises BuildError (staged tables dropped) unless every model and
+    data test succeeded."""
+    try:
+        results = dbt.run(
+            paths,
+            "build",
+            dbt_vars={"publish_suffix": STAGED_SUFFIX},
+            # views are definitions: those of the published build's SQL stand
+            exclude=None if plan.views else "config.materialized:view",
+            full_refresh=plan.full,
+            step=step,
+        )
+    except dbt.DbtError as exc:
+        raise BuildError(str(exc)) from None
+    try:
+        check_results(paths, results, outputs="marts and features")
+    except BuildError:
+        for mart in marts():
+            con.execute(f"drop table if exists main.{mart}{STAGED_SUFFIX}")
+        raise
+
+
+def check_results(paths: Paths, results: list[dbt.NodeResult], *, outputs: str) -> None:
+    """Raise BuildError naming every failed model and data test, unless all succeeded."""
+    failed = [r for r in results if not r.ok and r.status != "skipped"]
+    if failed:
+        skipped = sum(r.status == "skipped" for r in results)
+        raise BuildError(
+            f"the build failed, so the previous {outputs} stay published:\n  "
+            + "\n  ".join(r.describe() for r in failed)
+            + (f"\n  ({skipped} downstream node(s) skipped)" if skipped else "")
+            + f"\n  dbt's log: {paths.home / 'dbt' / 'logs' / 'dbt.log'}"
+        )
+
+
+def _publish_marts(con: duckdb.DuckDBPyConnection) -> None:
+    """Inside the caller's transaction: the staged marts and the build's parameters become the
+    published ones (renames and two one-row-ish copies, so it takes milliseconds)."""
+    for mart in marts():
+        con.execute(f"drop table if exists main.{mart}")
+        con.execute(f"alter table main.{mart}{STAGED_SUFFIX} rename to {mart}")
+    for table in ("recsys_params", "behavior_weights"):
+        con.execute(f"create or replace table main.{table} as from {BUILD_SCHEMA}.{table}")
+    create_source_id_views(con)
 
 
 def build(
@@ -353,8 +440,13 @@ def build(
     snapshots: Iterable[datetime] | None = None,
     step: Callable[[str], None] | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    full: bool = False,
 ) -> BuildReport:
     """(Re)build views and mart tables as of ``as_of`` and, if ``export``, the Feast files.
+
+    After a first build, a build continues the event stream from the newly ingested events and
+    keeps the published snapshots no new event can change (:func:`plan_build`); ``full`` (or new
+    parameters, weights or SQL) recomputes everything from all events.
 
     ``snapshots`` replaces the daily snapshot times (the final as_of is always added); ``step``
     is called with a short label after each step (the CLI drives a progress bar with it). The
@@ -363,35 +455,23 @@ def build(
     """
     if not paths.warehouse.exists():
         raise BuildError(f"no warehouse at {paths.warehouse}; run `recsys ingest FILE` first")
-    models = load_models()
     seconds: dict[str, float] = {}
-    con = connect(paths, memory_limit=MEMORY_LIMIT, lock_timeout_s=lock_timeout_s)
+    # no connection config: dbt opens the same database in this process, which DuckDB allows
+    # only with an identical configuration; the settings below are database-wide instead
+    con = connect(paths, lock_timeout_s=lock_timeout_s)
     try:
+        con.execute("set memory_limit = ?", [MEMORY_LIMIT])
         con.execute("set temp_directory = ?", [str(paths.home / "duckdb_tmp")])
         # marts are sets of rows (exports sort explicitly): let DuckDB write them in any order
         con.execute("set preserve_insertion_order = false")
-        _, first, last = _event_range(con, paths)
-        as_of = _utc_naive(as_of) if as_of else last + timedelta(microseconds=1)
+        _, first, last = event_range(con, paths)
+        as_of = utc_naive(as_of) if as_of else last + timedelta(microseconds=1)
         if as_of <= first:
             raise BuildError(f"no events before as_of {as_of.isoformat()} (first is {first})")
         started = time.perf_counter()
-        con.execute("begin transaction")
         write_params(con, as_of=as_of, config=config, rule=rule)
-        con.execute(f"create schema if not exists {VIEW_SCHEMA}")
-        for model in models:
-            _create_model(con, model)
-            if step and model.materialized:
-                step(f"table {model.name}")
-        marts = [m for m in models if m.layer == "marts"]
-        # A mart's own SQL, with main first on the search path, reads the marts built before it
-        # as tables instead of re-evaluating their views.
-        con.execute(f"set search_path = 'main,{VIEW_SCHEMA}'")
-        for mart in marts:
-            con.execute(f"create or replace table main.{mart.name} as {mart.sql}")
-            if step:
-                step(f"mart {mart.name}")
-        con.execute("reset search_path")
-        create_source_id_views(con)
+        plan = plan_build(con, paths, as_of=as_of, full=full)
+        _run_dbt_build(con, paths, plan, step)
         seconds["marts"] = time.perf_counter() - started
         export_rows: dict[str, int] = {}
         times: list[datetime] = []
@@ -400,10 +480,17 @@ def build(
             if folder:
                 started = time.perf_counter()
                 chosen = snapshot_times(con, as_of)[:-1] if snapshots is None else snapshots
-                times = sorted({_utc_naive(t) for t in chosen if _utc_naive(t) < as_of}) + [as_of]
-                export_rows = export_features(con, folder, times, step=step)
+                times = sorted({utc_naive(t) for t in chosen if utc_naive(t) < as_of}) + [as_of]
+                reuse = (
+                    Reuse(paths.features.resolve(), plan.reuse_before)
+                    if plan.reuse_before and snapshots is None
+                    else None
+                )
+                export_rows = export_features(con, folder, times, reuse=reuse, step=step)
                 exports.seal(paths, folder, as_of=as_of, rows=export_rows)
                 seconds["exports"] = time.perf_counter() - started
+            con.execute("begin transaction")
+            _publish_marts(con)
             con.execute("commit")
             if folder:
                 exports.publish(paths, folder)
@@ -411,9 +498,8 @@ def build(
             if folder:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
-        marts = [m.name for m in marts]
         mart_rows = {
-            name: con.execute(f"select count(*) from main.{name}").fetchone()[0] for name in marts
+            name: con.execute(f"select count(*) from main.{name}").fetchone()[0] for name in marts()
         }
         n_events = con.execute(f"select count(*) from {VIEW_SCHEMA}.stg_events").fetchone()[0]
         return BuildReport(
@@ -423,6 +509,9 @@ def build(
             export_rows=export_rows,
             snapshots=len(times),
             seconds=seconds,
+            plan=f"{plan.reason}; {plan.export_note}"
+            if export and plan.export_note
+            else plan.reason,
         )
     finally:
         # closing without commit rolls a failed build back: the previous marts stay

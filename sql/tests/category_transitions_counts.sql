@@ -2,7 +2,7 @@
 -- is zero exactly when its count is, and every detected migration is counted once
 with bad_rows as (
     select src_category_id, dst_category_id, 'row' as problem
-    from category_transitions
+    from {{ ref('category_transitions') }}
     where
         n_session < 0
         or n_migration < 0
@@ -15,9 +15,9 @@ with bad_rows as (
 ),
 
 migration_total as (
-    select null::bigint, null::bigint, 'migrations' as problem
-    from (select sum(n_migration) as n from category_transitions) as counted
-    cross join (select count(*) as n from interest_migrations) as expected
+    select cast(null as bigint), cast(null as bigint), 'migrations' as problem
+    from (select sum(n_migration) as n from {{ ref('category_transitions') }}) as counted
+    cross join (select count(*) as n from {{ ref('interest_migrations') }}) as expected
     where coalesce(counted.n, 0) <> expected.n
 ),
 

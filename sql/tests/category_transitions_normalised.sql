@@ -9,15 +9,21 @@ with totals as (
         count(distinct rank) as n_ranks,
         min(rank) as min_rank,
         max(rank) as max_rank
-    from category_transitions
+    from {{ ref('category_transitions') }}
     group by src_category_id
 ),
 
+-- a filter on the window, not `qualify`, which Spark 3.5 lacks
 misordered as (
     select src_category_id
-    from category_transitions
-    qualify
-        weight > lag(weight) over (partition by src_category_id order by rank)
+    from (
+        select
+            src_category_id,
+            weight,
+            lag(weight) over (partition by src_category_id order by rank) as previous_weight
+        from {{ ref('category_transitions') }}
+    ) as ranked
+    where weight > previous_weight
 ),
 
 final as (

@@ -1,8 +1,8 @@
 -- a migration leaves one category for another that the user really touched before detected_at
 with final as (
     select migrations.*
-    from interest_migrations as migrations
-    left join user_category_interest as interest
+    from {{ ref('interest_migrations') }} as migrations
+    left join {{ ref('user_category_interest') }} as interest
         on
             interest.user_id = migrations.user_id
             and interest.category_id = migrations.to_category_id

@@ -1,19 +1,19 @@
 -- sequences are at most recent_sequence_length long, arrays align, and they run most recent first
 with params as (
-    select * from recsys_params
+    select * from {{ source('build_inputs', 'recsys_params') }}
 ),
 
 checked as (
     select
         sequences.user_id,
         sequences.seq_len,
-        len(sequences.seq_item_ids) as n_items,
-        len(sequences.seq_category_ids) as n_categories,
-        len(sequences.seq_behaviors) as n_behaviors,
-        len(sequences.seq_gap_seconds) as n_gaps,
-        sequences.seq_gap_seconds = list_sort(sequences.seq_gap_seconds) as gaps_ascending,
+        {{ list_length('sequences.seq_item_ids') }} as n_items,
+        {{ list_length('sequences.seq_category_ids') }} as n_categories,
+        {{ list_length('sequences.seq_behaviors') }} as n_behaviors,
+        {{ list_length('sequences.seq_gap_seconds') }} as n_gaps,
+        sequences.seq_gap_seconds = {{ list_sort('sequences.seq_gap_seconds') }} as gaps_ascending,
         params.recent_sequence_length
-    from user_recent_sequence as sequences
+    from {{ ref('user_recent_sequence') }} as sequences
     cross join params
 ),
 

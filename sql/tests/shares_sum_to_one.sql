@@ -1,7 +1,7 @@
 -- each user's short and long interest shares sum to 1
 with totals as (
     select user_id, sum(share_short) as short_total, sum(share_long) as long_total
-    from user_category_interest
+    from {{ ref('user_category_interest') }}
     group by user_id
 ),
 
