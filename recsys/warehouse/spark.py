@@ -176,10 +176,11 @@ def _reset_catalog(spark: SparkSession, stage: Path, inputs: Path) -> None:
     for schema in SCHEMAS:
         spark.sql(f"drop database if exists {schema} cascade")
     for schema in SCHEMAS:
-        spark.sql(f"create database {schema} location '{stage / (schema + '.db')}'")
-    spark.sql(f"create table main.events using parquet location '{inputs / 'events'}'")
+        spark.sql(f"create database {schema} location {_path_literal(stage / (schema + '.db'))}")
+    spark.sql(f"create table main.events using parquet location {_path_literal(inputs / 'events')}")
     for table in INPUTS:
-        spark.sql(f"create table build.{table} using parquet location '{inputs / table}'")
+        location = _path_literal(inputs / table)
+        spark.sql(f"create table build.{table} using parquet location {location}")
     spark.sql("create table build.snapshot_as_of (as_of timestamp_ntz) using parquet")
 
 
@@ -194,8 +195,10 @@ def _run_dbt_build(paths: Paths, step: Callable[[str], None] | None) -> None:
     check_results(paths, results, outputs="Spark outputs")
 
 
-def _timestamp(moment: datetime) -> str:
-    return f"timestamp_ntz '{moment.isoformat(sep=' ')}'"
+def _path_literal(path: Path) -> str:
+    """A path as a Spark SQL string literal. Spark takes no parameter markers in DDL such as
+    LOCATION, so the home's path (which may hold quotes) is escaped instead."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def export_features(
@@ -214,15 +217,16 @@ def export_features(
         )
     previous: datetime | None = None
     for moment in times:
-        spark.sql(f"insert overwrite table build.snapshot_as_of select {_timestamp(moment)}")
+        spark.sql("insert overwrite table build.snapshot_as_of select :t", args={"t": moment})
         for view, key in EXPORTS.values():
             changed = (
                 ""
                 if moment == times[-1] or previous is None
-                else f"where {key} in (select {key} from main.events where event_time >= "
-                f"{_timestamp(previous)} and event_time < {_timestamp(moment)})"
+                else f"where {key} in (select {key} from main.events "
+                "where event_time >= :since and event_time < :until)"
             )
-            spark.sql(f"insert into build.stack_{view} select * from live.{view} {changed}")
+            args = {} if not changed else {"since": previous, "until": moment}
+            spark.sql(f"insert into build.stack_{view} select * from live.{view} {changed}", args)
         previous = moment
         if step:
             step(f"snapshot {moment.isoformat()}")
