@@ -1,4 +1,4 @@
-"""The one Python mirror of the SQL marts' user features (sql/marts/*.sql), in microseconds.
+"""The one Python mirror of the SQL marts' user features (sql/models/marts/*.sql), in microseconds.
 
 Definitions match the marts exactly: a row "as of A" uses events strictly before A. Interest is
 a decayed sum per (user, category) and half-life h, s(T) = sum w * 2^(-(T - t)/h), anchored at a

@@ -73,7 +73,7 @@ class BuildError(Exception):
 
 @dataclass(frozen=True)
 class MigrationRule:
-    """Thresholds of the interest-migration detector (sql/marts/interest_migrations.sql).
+    """Thresholds of the interest-migration detector (sql/models/marts/interest_migrations.sql).
 
     Defaults were chosen on simulated data (precision and recall above 0.8 against the
     planted migrations, see tests/test_sql.py).
