@@ -439,8 +439,12 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     drain_interval: Annotated[
-        float, typer.Option(help="Seconds between moves of posted events into the warehouse.")
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            help="Seconds between moves of posted events into the warehouse (default 5; the "
+            "events are online at once)."
+        ),
+    ] = None,
     api_keys_file: Annotated[
         Path | None,
         typer.Option(
@@ -470,7 +474,7 @@ def serve(
             api_keys=ApiKeys.configured(api_keys_file),
             host=host,
             port=port,
-            drain_interval_s=drain_interval,
+            **({} if drain_interval is None else {"drain_interval_s": drain_interval}),
         )
         if settings.api_keys is None:
             err_console.print(

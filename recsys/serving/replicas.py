@@ -93,13 +93,19 @@ class SharedIds:
 
 
 def start_replica(
-    home: Path, redis_url: str, replica: str, sock: socket.socket, *, drain_interval_s: float = 1.0
+    home: Path,
+    redis_url: str,
+    replica: str,
+    sock: socket.socket,
+    *,
+    drain_interval_s: float | None = None,
 ) -> subprocess.Popen:
     """Replica ``replica`` of the home in a child process (``main``) serving on ``sock``, a
-    listening socket of the caller's."""
+    listening socket of the caller's (``drain_interval_s`` None: the service's default)."""
     command = [sys.executable, "-m", "recsys.serving.replicas", "--fd", str(sock.fileno())]
     command += ["--home", str(home), "--redis-url", redis_url, "--replica", replica]
-    command += ["--drain-interval", str(drain_interval_s)]
+    if drain_interval_s is not None:
+        command += ["--drain-interval", str(drain_interval_s)]
     # one thread per pool: replicas and their clients share the machine's cores
     env = os.environ | {"POLARS_MAX_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     return subprocess.Popen(command, pass_fds=[sock.fileno()], env=env)
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", required=True)
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--replica", required=True)
-    parser.add_argument("--drain-interval", type=float, default=1.0)
+    parser.add_argument("--drain-interval", type=float, default=None)
     args = parser.parse_args(argv)
     sock = socket.socket(fileno=args.fd)
     host, port = sock.getsockname()[:2]
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         host=host,
         port=port,
         replica=args.replica,
-        drain_interval_s=args.drain_interval,
+        **({} if args.drain_interval is None else {"drain_interval_s": args.drain_interval}),
     )
     app = create_app(settings)
     app.state.runtime.start()
